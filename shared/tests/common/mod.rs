@@ -1,0 +1,68 @@
+#![allow(dead_code)]
+//! Helpers for tests against `../shared/golden` (the reference outputs of HF transformers).
+
+use serde_json::Value;
+use std::path::PathBuf;
+
+pub fn golden_root() -> PathBuf {
+    match std::env::var_os("SAFELOOP_GOLDEN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
+    }
+}
+
+pub fn golden_dir(name: &str) -> PathBuf {
+    golden_root().join(name)
+}
+
+pub fn golden_json(name: &str) -> Value {
+    let p = golden_dir(name).join("golden.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+pub fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol, "{what}: max abs diff {d} > {tol}");
+}
+
+pub fn default_model() -> PathBuf {
+    let p = safeloop_shared::assets::default_model_path();
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh (the test command does)",
+        p.display()
+    );
+    p
+}
+
+/// log_softmax(logits)[id]
+pub fn log_prob(logits: &[f32], id: u32) -> f32 {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = logits.iter().map(|x| (x - m).exp()).sum::<f32>().ln() + m;
+    logits[id as usize] - lse
+}
