@@ -109,3 +109,13 @@ pub fn load_score_model(path: &Path, opts: &LoadOptions) -> Result<Loaded<ScoreM
         path: path.to_path_buf(),
     })
 }
+
+impl<M> std::fmt::Debug for Loaded<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .field("tokenizer", &self.tokenizer)
+            .finish_non_exhaustive()
+    }
+}
