@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod chat_template;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod loader;
 pub mod model;

@@ -8,7 +8,12 @@ use safeloop_shared::{load_score_model, ChatMessage, LoadOptions};
 const TOL: f32 = 1e-4;
 
 fn golden_rows(g: &serde_json::Value) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
-    let ids = g["input_ids"].as_array().unwrap().iter().map(u32s).collect();
+    let ids = g["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u32s)
+        .collect();
     let mask = g["attention_mask"]
         .as_array()
         .unwrap()
@@ -31,7 +36,12 @@ fn padded_scores_and_end_scores_match_golden() {
         let got: Vec<f32> = o.per_token[..valid].iter().map(|s| s[0]).collect();
         let want = &f32s(&g["scores"][b])[..valid];
         assert_close(&format!("row {b} per-token"), &got, want, TOL);
-        assert_close(&format!("row {b} end"), &o.end, &[g["end_scores"][b].as_f64().unwrap() as f32], TOL);
+        assert_close(
+            &format!("row {b} end"),
+            &o.end,
+            &[g["end_scores"][b].as_f64().unwrap() as f32],
+            TOL,
+        );
     }
 }
 
@@ -43,14 +53,25 @@ fn packed_unpadded_scores_match_golden() {
     let seqs: Vec<Vec<u32>> = ids
         .iter()
         .zip(&mask)
-        .map(|(r, m)| r.iter().zip(m).filter(|(_, &k)| k).map(|(&t, _)| t).collect())
+        .map(|(r, m)| {
+            r.iter()
+                .zip(m)
+                .filter(|(_, &k)| k)
+                .map(|(&t, _)| t)
+                .collect()
+        })
         .collect();
     let out = m.model.score(&seqs).unwrap();
     for (b, o) in out.iter().enumerate() {
         let got: Vec<f32> = o.per_token.iter().map(|s| s[0]).collect();
         let want: Vec<f32> = f32s(&g["scores_unpadded"][b]);
         assert_close(&format!("row {b} unpadded"), &got, &want[..got.len()], TOL);
-        assert_close(&format!("row {b} end"), &o.end, &[g["end_scores"][b].as_f64().unwrap() as f32], TOL);
+        assert_close(
+            &format!("row {b} end"),
+            &o.end,
+            &[g["end_scores"][b].as_f64().unwrap() as f32],
+            TOL,
+        );
     }
 }
 
@@ -70,14 +91,26 @@ fn safe_rlhf_conversation_text_tokenizes_to_the_golden_ids() {
         let rendered = m
             .tokenizer
             .apply_chat_template(
-                &[ChatMessage::new("user", prompt), ChatMessage::new("assistant", response)],
+                &[
+                    ChatMessage::new("user", prompt),
+                    ChatMessage::new("assistant", response),
+                ],
                 false,
             )
             .unwrap();
         assert_eq!(rendered.trim_end(), text);
         let mut got = m.tokenizer.encode(text, false).unwrap();
-        got.push(m.tokenizer.token_to_id(m.tokenizer.eos_token().unwrap()).unwrap());
-        let want: Vec<u32> = ids[b].iter().zip(&mask[b]).filter(|(_, &k)| k).map(|(&t, _)| t).collect();
+        got.push(
+            m.tokenizer
+                .token_to_id(m.tokenizer.eos_token().unwrap())
+                .unwrap(),
+        );
+        let want: Vec<u32> = ids[b]
+            .iter()
+            .zip(&mask[b])
+            .filter(|(_, &k)| k)
+            .map(|(&t, _)| t)
+            .collect();
         assert_eq!(got, want, "row {b}");
     }
 }

@@ -16,17 +16,31 @@ fn greedy_answer_names_paris_and_stops_at_im_end() {
     assert!(m.tokenizer.eos_token_ids().contains(&im_end));
     let prompt = m
         .tokenizer
-        .apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true)
+        .apply_chat_template(
+            &[ChatMessage::new("user", "What is the capital of France?")],
+            true,
+        )
         .unwrap();
     // The GGUF's template supplies SmolLM's default system prompt.
-    assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{prompt}");
+    assert!(
+        prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"),
+        "{prompt}"
+    );
     let ids = m.tokenizer.encode(&prompt, false).unwrap();
     let mut cache = m.model.new_cache();
     let mut next = ids.clone();
     let mut out = vec![];
     for _ in 0..40 {
         let mut inp = [SeqInput::causal(&next, Some(&mut cache), OutputRows::Last)];
-        let logits = m.model.forward(&mut inp).unwrap().remove(0).unwrap().to_vec2::<f32>().unwrap().remove(0);
+        let logits = m
+            .model
+            .forward(&mut inp)
+            .unwrap()
+            .remove(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+            .remove(0);
         let tok = logits
             .iter()
             .enumerate()
