@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod loader;
 pub mod model;
+pub mod quant;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;

@@ -102,6 +102,7 @@ pub(super) fn backbone(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Back
         cfg.num_key_value_heads,
         cfg.head_dim,
     );
+    let ffn = cfg.intermediate_size;
     let embed = src.embedding(&format!("{p}embed_tokens.weight"), cfg.vocab_size, h)?;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
@@ -112,9 +113,11 @@ pub(super) fn backbone(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Back
                 cfg.rms_norm_eps,
             ),
             attn: Attention {
-                q: src.linear(&format!("{l}.self_attn.q_proj"), nh * d, h, cfg.qkv_bias)?,
-                k: src.linear(&format!("{l}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?,
-                v: src.linear(&format!("{l}.self_attn.v_proj"), nkv * d, h, cfg.qkv_bias)?,
+                qkv: Linear::fuse(vec![
+                    src.linear(&format!("{l}.self_attn.q_proj"), nh * d, h, cfg.qkv_bias)?,
+                    src.linear(&format!("{l}.self_attn.k_proj"), nkv * d, h, cfg.qkv_bias)?,
+                    src.linear(&format!("{l}.self_attn.v_proj"), nkv * d, h, cfg.qkv_bias)?,
+                ])?,
                 o: src.linear(&format!("{l}.self_attn.o_proj"), h, nh * d, cfg.o_bias)?,
             },
             mlp_norm: RmsNorm::new(
@@ -122,24 +125,11 @@ pub(super) fn backbone(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Back
                 cfg.rms_norm_eps,
             ),
             mlp: Mlp {
-                gate: src.linear(
-                    &format!("{l}.mlp.gate_proj"),
-                    cfg.intermediate_size,
-                    h,
-                    cfg.mlp_bias,
-                )?,
-                up: src.linear(
-                    &format!("{l}.mlp.up_proj"),
-                    cfg.intermediate_size,
-                    h,
-                    cfg.mlp_bias,
-                )?,
-                down: src.linear(
-                    &format!("{l}.mlp.down_proj"),
-                    h,
-                    cfg.intermediate_size,
-                    cfg.mlp_bias,
-                )?,
+                gate_up: Linear::fuse(vec![
+                    src.linear(&format!("{l}.mlp.gate_proj"), ffn, h, cfg.mlp_bias)?,
+                    src.linear(&format!("{l}.mlp.up_proj"), ffn, h, cfg.mlp_bias)?,
+                ])?,
+                down: src.linear(&format!("{l}.mlp.down_proj"), h, ffn, cfg.mlp_bias)?,
             },
         });
     }

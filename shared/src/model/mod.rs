@@ -18,7 +18,7 @@ use crate::config::{Head, ModelConfig};
 use crate::error::{Error, Result};
 use crate::rope::RopeTables;
 use candle_core::{DType, Device, Tensor};
-use layers::{Embedding, Linear, RmsNorm};
+use layers::{Embedding, Fused, Linear, RmsNorm};
 
 /// Which rows of a sequence's chunk the caller wants back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,15 +74,14 @@ impl<'a> SeqInput<'a> {
 }
 
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k, v projections (fused where the weights allow).
+    qkv: Fused,
     o: Linear,
 }
 
 struct Mlp {
-    gate: Linear,
-    up: Linear,
+    /// gate and up projections.
+    gate_up: Fused,
     down: Linear,
 }
 
@@ -190,9 +189,10 @@ impl Backbone {
         let mut x = self.embed.forward(&ids)?.to_dtype(self.dtype)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
-            let q = layer.attn.q.forward(&h)?.reshape((n, nh, d))?;
-            let k = layer.attn.k.forward(&h)?.reshape((n, nkv, d))?;
-            let v = layer.attn.v.forward(&h)?.reshape((n, nkv, d))?;
+            let qkv = layer.attn.qkv.forward(&h)?;
+            let q = qkv[0].contiguous()?.reshape((n, nh, d))?;
+            let k = qkv[1].contiguous()?.reshape((n, nkv, d))?;
+            let v = qkv[2].contiguous()?.reshape((n, nkv, d))?;
             let q = self.rope.apply(&q, &pos)?;
             let k = self.rope.apply(&k, &pos)?;
             let mut outs = Vec::with_capacity(inputs.len());
@@ -216,9 +216,9 @@ impl Backbone {
             };
             let x1 = (x + layer.attn.o.forward(&a)?)?;
             let h2 = layer.mlp_norm.forward(&x1)?;
-            let g = candle_nn::ops::silu(&layer.mlp.gate.forward(&h2)?)?;
-            let u = layer.mlp.up.forward(&h2)?;
-            x = (x1 + layer.mlp.down.forward(&(g * u)?)?)?;
+            let gu = layer.mlp.gate_up.forward(&h2)?;
+            let g = candle_nn::ops::silu(&gu[0].contiguous()?)?;
+            x = (x1 + layer.mlp.down.forward(&(g * &gu[1])?)?)?;
         }
         let mut out = Vec::with_capacity(inputs.len());
         let mut r0 = 0;

@@ -1,0 +1,243 @@
+//! Weights repacked eight rows at a time for VNNI: lane `r` of every 256-bit vector holds
+//! four quants of row `r`, so one `vpdpbusd` advances eight output rows by four inputs and
+//! the per-block scales are applied as vectors — no horizontal sums, no per-row broadcasts.
+//!
+//! Every format becomes "unsigned quant × d + m": Q4_1 as stored, Q4_0 with `m = -8·d`,
+//! Q8_0 with quants shifted by +128 and `m = -128·d` (exact in f16). Per group of 8 rows and
+//! block of 32 inputs the layout is: `d[8]` f16, `m[8]` f16, then the quants —
+//! 4-bit: 4 vectors; lane r byte j of vector v holds element `8v+j` (low nibble) and
+//! `8v+4+j` (high nibble) of row r; 8-bit: 8 vectors; lane r byte j of vector v holds
+//! element `4v+j`.
+
+use super::{ActQ8, WeightFormat, BLOCK};
+use half::f16;
+
+pub const ROWS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct Repacked {
+    pub(crate) bits8: bool,
+    pub(crate) groups: usize,
+    pub(crate) nb: usize,
+    pub(crate) data: Vec<u8>,
+}
+
+impl Repacked {
+    pub fn group_block_bytes(bits8: bool) -> usize {
+        32 + if bits8 { 256 } else { 128 }
+    }
+
+    /// Repacks a ggml-layout matrix (`row_bytes` per row).
+    pub fn new(format: WeightFormat, data: &[u8], rows: usize, cols: usize) -> Self {
+        let nb = cols / BLOCK;
+        let bb = format.block_bytes();
+        let row_bytes = nb * bb;
+        let bits8 = format == WeightFormat::Q8_0;
+        let groups = rows.div_ceil(ROWS);
+        let gbb = Self::group_block_bytes(bits8);
+        let mut out = vec![0u8; groups * nb * gbb];
+        for g in 0..groups {
+            for k in 0..nb {
+                let dst = &mut out[(g * nb + k) * gbb..(g * nb + k + 1) * gbb];
+                for r in 0..ROWS {
+                    let row = g * ROWS + r;
+                    if row >= rows {
+                        continue; // padding rows: d = m = 0, quants 0
+                    }
+                    let blk = &data[row * row_bytes + k * bb..row * row_bytes + (k + 1) * bb];
+                    let d = f16::from_le_bytes([blk[0], blk[1]]);
+                    // 32 unsigned quants in element order.
+                    let mut q = [0u8; 32];
+                    let m = match format {
+                        WeightFormat::Q4_1 => {
+                            for j in 0..16 {
+                                q[j] = blk[4 + j] & 0x0F;
+                                q[j + 16] = blk[4 + j] >> 4;
+                            }
+                            f16::from_le_bytes([blk[2], blk[3]])
+                        }
+                        WeightFormat::Q4_0 => {
+                            for j in 0..16 {
+                                q[j] = blk[2 + j] & 0x0F;
+                                q[j + 16] = blk[2 + j] >> 4;
+                            }
+                            f16::from_f32(-8.0 * d.to_f32())
+                        }
+                        WeightFormat::Q8_0 => {
+                            for j in 0..32 {
+                                q[j] = (blk[2 + j] as i8 as i16 + 128) as u8;
+                            }
+                            f16::from_f32(-128.0 * d.to_f32())
+                        }
+                    };
+                    dst[2 * r..2 * r + 2].copy_from_slice(&d.to_le_bytes());
+                    dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
+                    let qd = &mut dst[32..];
+                    if bits8 {
+                        for v in 0..8 {
+                            for j in 0..4 {
+                                qd[v * 32 + r * 4 + j] = q[4 * v + j];
+                            }
+                        }
+                    } else {
+                        for v in 0..4 {
+                            for j in 0..4 {
+                                qd[v * 32 + r * 4 + j] = q[8 * v + j] | (q[8 * v + 4 + j] << 4);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            bits8,
+            groups,
+            nb,
+            data: out,
+        }
+    }
+
+    /// Computes output columns `g*8 .. g*8+8` (clipped to `rows`) for every activation row,
+    /// writing `out[b * rows + c]`.
+    ///
+    /// # Safety
+    /// `out` must hold `act.rows() * rows` floats; callers give disjoint groups to threads.
+    pub unsafe fn group(&self, g: usize, act: &ActQ8, rows: usize, out: *mut f32) {
+        let n = act.rows();
+        let mut b0 = 0;
+        while b0 < n {
+            let t = (n - b0).min(4);
+            match t {
+                4 => kernel::tile::<4>(self, g, act, b0, rows, out),
+                3 => kernel::tile::<3>(self, g, act, b0, rows, out),
+                2 => kernel::tile::<2>(self, g, act, b0, rows, out),
+                _ => kernel::tile::<1>(self, g, act, b0, rows, out),
+            }
+            b0 += t;
+        }
+    }
+}
+
+/// Whether this build has the VNNI kernel (x86-64 with AVX-512 VNNI + VL).
+pub const AVAILABLE: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl",
+    target_feature = "f16c",
+    target_feature = "fma"
+));
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl",
+    target_feature = "f16c",
+    target_feature = "fma"
+))]
+mod kernel {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn bcast(p: *const i8, word: usize) -> __m256i {
+        _mm256_set1_epi32(std::ptr::read_unaligned(p.add(4 * word) as *const i32))
+    }
+
+    #[inline(always)]
+    pub unsafe fn tile<const T: usize>(
+        w: &Repacked,
+        g: usize,
+        act: &ActQ8,
+        b0: usize,
+        rows: usize,
+        out: *mut f32,
+    ) {
+        let nb = w.nb;
+        let gbb = Repacked::group_block_bytes(w.bits8);
+        let base = w.data.as_ptr().add(g * nb * gbb);
+        let qs = act.qs.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); T];
+        let low = _mm256_set1_epi8(0x0F);
+        for k in 0..nb {
+            let blk = base.add(k * gbb);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let m = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+            let q = blk.add(32);
+            if w.bits8 {
+                let mut wv = [_mm256_setzero_si256(); 8];
+                for (v, x) in wv.iter_mut().enumerate() {
+                    *x = _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
+                }
+                for i in 0..T {
+                    let ab = (b0 + i) * nb + k;
+                    let a = qs.add(ab * BLOCK);
+                    let mut s0 = _mm256_setzero_si256();
+                    let mut s1 = _mm256_setzero_si256();
+                    for v in (0..8).step_by(2) {
+                        s0 = _mm256_dpbusd_epi32(s0, wv[v], bcast(a, v));
+                        s1 = _mm256_dpbusd_epi32(s1, wv[v + 1], bcast(a, v + 1));
+                    }
+                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                    let da = _mm256_set1_ps(*act.d.get_unchecked(ab));
+                    acc[i] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, da), acc[i]);
+                    acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(*act.sd.get_unchecked(ab)), acc[i]);
+                }
+            } else {
+                let mut lo = [_mm256_setzero_si256(); 4];
+                let mut hi = [_mm256_setzero_si256(); 4];
+                for v in 0..4 {
+                    let x = _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
+                    lo[v] = _mm256_and_si256(x, low);
+                    hi[v] = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
+                }
+                for i in 0..T {
+                    let ab = (b0 + i) * nb + k;
+                    let a = qs.add(ab * BLOCK);
+                    let mut s0 = _mm256_setzero_si256();
+                    let mut s1 = _mm256_setzero_si256();
+                    for v in 0..4 {
+                        s0 = _mm256_dpbusd_epi32(s0, lo[v], bcast(a, 2 * v));
+                        s1 = _mm256_dpbusd_epi32(s1, hi[v], bcast(a, 2 * v + 1));
+                    }
+                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                    let da = _mm256_set1_ps(*act.d.get_unchecked(ab));
+                    acc[i] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, da), acc[i]);
+                    acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(*act.sd.get_unchecked(ab)), acc[i]);
+                }
+            }
+        }
+        let c0 = g * ROWS;
+        let valid = (rows - c0).min(ROWS);
+        for i in 0..T {
+            let dst = out.add((b0 + i) * rows + c0);
+            if valid == ROWS {
+                _mm256_storeu_ps(dst, acc[i]);
+            } else {
+                let mut tmp = [0f32; ROWS];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), acc[i]);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
+            }
+        }
+    }
+}
+
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl",
+    target_feature = "f16c",
+    target_feature = "fma"
+)))]
+mod kernel {
+    use super::*;
+    pub unsafe fn tile<const T: usize>(
+        _: &Repacked,
+        _: usize,
+        _: &ActQ8,
+        _: usize,
+        _: usize,
+        _: *mut f32,
+    ) {
+        unreachable!("QuantMatrix only repacks when repack::AVAILABLE")
+    }
+}
