@@ -10,6 +10,7 @@ pub mod loader;
 pub mod model;
 pub mod quant;
 pub mod rope;
+pub mod runtime;
 pub mod tokenizer;
 pub mod weights;
 

@@ -16,6 +16,9 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Check the file against this sha256 before loading (GGUF files only).
     pub sha256: Option<String>,
+    /// safeloop's CPU kernels (quantized matmul, host KV cache and attention) where they
+    /// apply; `false` runs candle's ops only, the path GPUs take.
+    pub host_kernels: bool,
 }
 
 impl Default for LoadOptions {
@@ -24,6 +27,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             sha256: None,
+            host_kernels: true,
         }
     }
 }
@@ -42,6 +46,7 @@ enum Source {
 }
 
 fn open(path: &Path, opts: &LoadOptions) -> Result<(ModelConfig, Source, Tokenizer)> {
+    crate::runtime::init_cpu_threads();
     if !path.exists() {
         return Err(Error::io(
             path,
@@ -63,7 +68,8 @@ fn open(path: &Path, opts: &LoadOptions) -> Result<(ModelConfig, Source, Tokeniz
         let weights = SafetensorsWeights::open(path, opts.dtype, &opts.device)?;
         Ok((cfg, Source::Dir(weights), tokenizer))
     } else {
-        let weights = GgufWeights::open(path, &opts.device)?;
+        let mut weights = GgufWeights::open(path, &opts.device)?;
+        weights.host_kernels = opts.host_kernels;
         let cfg = config::from_gguf_metadata(&weights.content.metadata, path)?;
         let tokenizer = Tokenizer::from_gguf(&weights.content, path)?;
         Ok((cfg, Source::Gguf(weights), tokenizer))
@@ -82,7 +88,7 @@ impl Source {
 /// Loads a causal LM (the policy) from an HF directory or a `.gguf` file.
 pub fn load_causal_lm(path: &Path, opts: &LoadOptions) -> Result<Loaded<CausalLm>> {
     let (cfg, src, tokenizer) = open(path, opts)?;
-    let model = CausalLm::load(&cfg, src.as_dyn())?;
+    let model = CausalLm::load(&cfg, src.as_dyn(), opts.host_kernels)?;
     Ok(Loaded {
         model,
         tokenizer,
@@ -101,7 +107,7 @@ pub fn load_score_model(path: &Path, opts: &LoadOptions) -> Result<Loaded<ScoreM
             "a score model needs [\"LlamaModelForScore\"] (backbone + score_head)",
         ));
     }
-    let model = ScoreModel::load(&cfg, src.as_dyn())?;
+    let model = ScoreModel::load(&cfg, src.as_dyn(), opts.host_kernels)?;
     Ok(Loaded {
         model,
         tokenizer,

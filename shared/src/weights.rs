@@ -134,6 +134,8 @@ pub struct GgufWeights {
     pub path: PathBuf,
     pub content: gguf_file::Content,
     pub device: Device,
+    /// Use safeloop's CPU kernels for Q4_0/Q4_1/Q8_0 (otherwise candle's quantized matmul).
+    pub host_kernels: bool,
 }
 
 impl GgufWeights {
@@ -147,6 +149,7 @@ impl GgufWeights {
             path: path.to_path_buf(),
             content,
             device: device.clone(),
+            host_kernels: true,
         })
     }
 

@@ -8,7 +8,11 @@ use safeloop_shared::{load_causal_lm, Error, LoadOptions};
 use std::sync::Arc;
 
 fn engine(name: &str, cfg: EngineConfig) -> Engine<CausalLm> {
-    let m = load_causal_lm(&golden_dir(name), &LoadOptions::default()).unwrap();
+    engine_with(name, cfg, &LoadOptions::default())
+}
+
+fn engine_with(name: &str, cfg: EngineConfig, opts: &LoadOptions) -> Engine<CausalLm> {
+    let m = load_causal_lm(&golden_dir(name), opts).unwrap();
     Engine::new(m.model, Arc::new(m.tokenizer), cfg)
 }
 

@@ -27,69 +27,106 @@ fn tokenizer_ids_match_golden() {
 
 #[test]
 fn last_position_logits_and_logprobs_match_golden() {
-    for name in CAUSAL {
-        let g = golden_json(name);
-        let m = load_causal_lm(&golden_dir(name), &LoadOptions::default()).unwrap();
-        for (i, ids) in g["input_ids"].as_array().unwrap().iter().enumerate() {
-            let ids = u32s(ids);
-            let mut inp = [SeqInput::causal(&ids, None, OutputRows::All)];
-            let logits = m.model.forward(&mut inp).unwrap().remove(0).unwrap();
-            let rows = logits.to_vec2::<f32>().unwrap();
-            assert_close(
-                &format!("{name} prompt {i} last logits"),
-                rows.last().unwrap(),
-                &f32s(&g["logits_last"][i]),
-                TOL,
-            );
-            let lp: Vec<f32> = (0..ids.len() - 1)
-                .map(|t| log_prob(&rows[t], ids[t + 1]))
-                .collect();
-            assert_close(
-                &format!("{name} prompt {i} logprobs"),
-                &lp,
-                &f32s(&g["logprobs"][i]),
-                TOL,
-            );
+    for opts in both_paths() {
+        for name in CAUSAL {
+            let g = golden_json(name);
+            let m = load_causal_lm(&golden_dir(name), &opts).unwrap();
+            for (i, ids) in g["input_ids"].as_array().unwrap().iter().enumerate() {
+                let ids = u32s(ids);
+                let mut inp = [SeqInput::causal(&ids, None, OutputRows::All)];
+                let logits = m.model.forward(&mut inp).unwrap().remove(0).unwrap();
+                let rows = logits.to_vec2::<f32>().unwrap();
+                assert_close(
+                    &format!("{name} prompt {i} last logits"),
+                    rows.last().unwrap(),
+                    &f32s(&g["logits_last"][i]),
+                    TOL,
+                );
+                let lp: Vec<f32> = (0..ids.len() - 1)
+                    .map(|t| log_prob(&rows[t], ids[t + 1]))
+                    .collect();
+                assert_close(
+                    &format!("{name} prompt {i} logprobs"),
+                    &lp,
+                    &f32s(&g["logprobs"][i]),
+                    TOL,
+                );
+            }
         }
     }
 }
 
 #[test]
 fn left_padded_batch_matches_golden() {
-    for name in CAUSAL {
-        let g = golden_json(name);
-        let m = load_causal_lm(&golden_dir(name), &LoadOptions::default()).unwrap();
-        let ids: Vec<Vec<u32>> = g["batch"]["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(u32s)
-            .collect();
-        let masks: Vec<Vec<bool>> = g["batch"]["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| u32s(r).iter().map(|&x| x == 1).collect())
-            .collect();
-        let mut inputs: Vec<SeqInput> = ids
-            .iter()
-            .zip(&masks)
-            .map(|(i, m)| SeqInput::padded(i, m, OutputRows::Last))
-            .collect();
-        // Positions follow transformers: clamp(cumsum(mask) - 1, 0).
-        for (inp, pos) in inputs
-            .iter()
-            .zip(g["batch"]["position_ids"].as_array().unwrap())
-        {
-            assert_eq!(inp.positions, u32s(pos));
+    for opts in both_paths() {
+        for name in CAUSAL {
+            let g = golden_json(name);
+            let m = load_causal_lm(&golden_dir(name), &opts).unwrap();
+            let ids: Vec<Vec<u32>> = g["batch"]["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(u32s)
+                .collect();
+            let masks: Vec<Vec<bool>> = g["batch"]["attention_mask"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| u32s(r).iter().map(|&x| x == 1).collect())
+                .collect();
+            let mut inputs: Vec<SeqInput> = ids
+                .iter()
+                .zip(&masks)
+                .map(|(i, m)| SeqInput::padded(i, m, OutputRows::Last))
+                .collect();
+            // Positions follow transformers: clamp(cumsum(mask) - 1, 0).
+            for (inp, pos) in inputs
+                .iter()
+                .zip(g["batch"]["position_ids"].as_array().unwrap())
+            {
+                assert_eq!(inp.positions, u32s(pos));
+            }
+            let out = m.model.forward(&mut inputs).unwrap();
+            for (b, o) in out.into_iter().enumerate() {
+                let row = o.unwrap().to_vec2::<f32>().unwrap().remove(0);
+                assert_close(
+                    &format!("{name} batch row {b}"),
+                    &row,
+                    &f32s(&g["batch_logits_last"][b]),
+                    TOL,
+                );
+            }
         }
-        let out = m.model.forward(&mut inputs).unwrap();
-        for (b, o) in out.into_iter().enumerate() {
-            let row = o.unwrap().to_vec2::<f32>().unwrap().remove(0);
+    }
+}
+
+#[test]
+fn chat_template_text_ids_and_logits_match_golden() {
+    for opts in both_paths() {
+        for name in CAUSAL {
+            let g = golden_json(name);
+            let m = load_causal_lm(&golden_dir(name), &opts).unwrap();
+            let msgs: Vec<ChatMessage> =
+                serde_json::from_value(g["chat"]["messages"].clone()).unwrap();
+            let add = g["chat"]["add_generation_prompt"].as_bool().unwrap();
+            let text = m.tokenizer.apply_chat_template(&msgs, add).unwrap();
+            assert_eq!(text, g["chat"]["text"].as_str().unwrap(), "{name}");
+            let ids = m.tokenizer.encode_chat(&msgs, add).unwrap();
+            assert_eq!(ids, u32s(&g["chat"]["input_ids"]), "{name}");
+            let mut inp = [SeqInput::causal(&ids, None, OutputRows::Last)];
+            let row = m
+                .model
+                .forward(&mut inp)
+                .unwrap()
+                .remove(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+                .remove(0);
             assert_close(
-                &format!("{name} batch row {b}"),
+                &format!("{name} chat logits"),
                 &row,
-                &f32s(&g["batch_logits_last"][b]),
+                &f32s(&g["chat"]["logits_last"]),
                 TOL,
             );
         }
@@ -97,90 +134,62 @@ fn left_padded_batch_matches_golden() {
 }
 
 #[test]
-fn chat_template_text_ids_and_logits_match_golden() {
-    for name in CAUSAL {
-        let g = golden_json(name);
-        let m = load_causal_lm(&golden_dir(name), &LoadOptions::default()).unwrap();
-        let msgs: Vec<ChatMessage> = serde_json::from_value(g["chat"]["messages"].clone()).unwrap();
-        let add = g["chat"]["add_generation_prompt"].as_bool().unwrap();
-        let text = m.tokenizer.apply_chat_template(&msgs, add).unwrap();
-        assert_eq!(text, g["chat"]["text"].as_str().unwrap(), "{name}");
-        let ids = m.tokenizer.encode_chat(&msgs, add).unwrap();
-        assert_eq!(ids, u32s(&g["chat"]["input_ids"]), "{name}");
-        let mut inp = [SeqInput::causal(&ids, None, OutputRows::Last)];
-        let row = m
-            .model
-            .forward(&mut inp)
-            .unwrap()
-            .remove(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-            .remove(0);
-        assert_close(
-            &format!("{name} chat logits"),
-            &row,
-            &f32s(&g["chat"]["logits_last"]),
-            TOL,
-        );
-    }
-}
-
-#[test]
 fn incremental_kv_cache_equals_full_forward() {
     // Prefill in uneven chunks, then one token at a time: same logits as the full pass.
-    let g = golden_json("llama-gqa");
-    let m = load_causal_lm(&golden_dir("llama-gqa"), &LoadOptions::default()).unwrap();
-    let ids = u32s(&g["input_ids"][2]);
-    let mut cache = m.model.new_cache();
-    let mut got = Vec::new();
-    let mut t = 0;
-    for chunk in [1usize, 7, 30, 70] {
-        let end = (t + chunk).min(ids.len());
-        let mut inp = [SeqInput::causal(
-            &ids[t..end],
-            Some(&mut cache),
-            OutputRows::All,
-        )];
-        got.extend(
-            m.model
-                .forward(&mut inp)
-                .unwrap()
-                .remove(0)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap(),
+    for opts in both_paths() {
+        let g = golden_json("llama-gqa");
+        let m = load_causal_lm(&golden_dir("llama-gqa"), &opts).unwrap();
+        let ids = u32s(&g["input_ids"][2]);
+        let mut cache = m.model.new_cache();
+        let mut got = Vec::new();
+        let mut t = 0;
+        for chunk in [1usize, 7, 30, 70] {
+            let end = (t + chunk).min(ids.len());
+            let mut inp = [SeqInput::causal(
+                &ids[t..end],
+                Some(&mut cache),
+                OutputRows::All,
+            )];
+            got.extend(
+                m.model
+                    .forward(&mut inp)
+                    .unwrap()
+                    .remove(0)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap(),
+            );
+            t = end;
+        }
+        while t < ids.len() {
+            let mut inp = [SeqInput::causal(
+                &ids[t..t + 1],
+                Some(&mut cache),
+                OutputRows::Last,
+            )];
+            got.extend(
+                m.model
+                    .forward(&mut inp)
+                    .unwrap()
+                    .remove(0)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap(),
+            );
+            t += 1;
+        }
+        assert_eq!(cache.len(), ids.len());
+        assert_close(
+            "cached last logits",
+            got.last().unwrap(),
+            &f32s(&g["logits_last"][2]),
+            TOL,
         );
-        t = end;
+        let lp: Vec<f32> = (0..ids.len() - 1)
+            .map(|t| log_prob(&got[t], ids[t + 1]))
+            .collect();
+        assert_close("cached logprobs", &lp, &f32s(&g["logprobs"][2]), TOL);
     }
-    while t < ids.len() {
-        let mut inp = [SeqInput::causal(
-            &ids[t..t + 1],
-            Some(&mut cache),
-            OutputRows::Last,
-        )];
-        got.extend(
-            m.model
-                .forward(&mut inp)
-                .unwrap()
-                .remove(0)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap(),
-        );
-        t += 1;
-    }
-    assert_eq!(cache.len(), ids.len());
-    assert_close(
-        "cached last logits",
-        got.last().unwrap(),
-        &f32s(&g["logits_last"][2]),
-        TOL,
-    );
-    let lp: Vec<f32> = (0..ids.len() - 1)
-        .map(|t| log_prob(&got[t], ids[t + 1]))
-        .collect();
-    assert_close("cached logprobs", &lp, &f32s(&g["logprobs"][2]), TOL);
 }
 
 #[test]

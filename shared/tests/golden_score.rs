@@ -25,53 +25,57 @@ fn golden_rows(g: &serde_json::Value) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
 
 #[test]
 fn padded_scores_and_end_scores_match_golden() {
-    let g = golden_json("llama-gqa-score");
-    let m = load_score_model(&golden_dir("llama-gqa-score"), &LoadOptions::default()).unwrap();
-    assert_eq!(m.model.score_dim(), 1);
-    let (ids, mask) = golden_rows(&g);
-    let out = m.model.score_padded(&ids, &mask).unwrap();
-    for (b, o) in out.iter().enumerate() {
-        let valid = mask[b].iter().filter(|&&x| x).count();
-        assert_eq!(valid - 1, g["end_index"][b].as_u64().unwrap() as usize);
-        let got: Vec<f32> = o.per_token[..valid].iter().map(|s| s[0]).collect();
-        let want = &f32s(&g["scores"][b])[..valid];
-        assert_close(&format!("row {b} per-token"), &got, want, TOL);
-        assert_close(
-            &format!("row {b} end"),
-            &o.end,
-            &[g["end_scores"][b].as_f64().unwrap() as f32],
-            TOL,
-        );
+    for opts in both_paths() {
+        let g = golden_json("llama-gqa-score");
+        let m = load_score_model(&golden_dir("llama-gqa-score"), &opts).unwrap();
+        assert_eq!(m.model.score_dim(), 1);
+        let (ids, mask) = golden_rows(&g);
+        let out = m.model.score_padded(&ids, &mask).unwrap();
+        for (b, o) in out.iter().enumerate() {
+            let valid = mask[b].iter().filter(|&&x| x).count();
+            assert_eq!(valid - 1, g["end_index"][b].as_u64().unwrap() as usize);
+            let got: Vec<f32> = o.per_token[..valid].iter().map(|s| s[0]).collect();
+            let want = &f32s(&g["scores"][b])[..valid];
+            assert_close(&format!("row {b} per-token"), &got, want, TOL);
+            assert_close(
+                &format!("row {b} end"),
+                &o.end,
+                &[g["end_scores"][b].as_f64().unwrap() as f32],
+                TOL,
+            );
+        }
     }
 }
 
 #[test]
 fn packed_unpadded_scores_match_golden() {
-    let g = golden_json("llama-gqa-score");
-    let m = load_score_model(&golden_dir("llama-gqa-score"), &LoadOptions::default()).unwrap();
-    let (ids, mask) = golden_rows(&g);
-    let seqs: Vec<Vec<u32>> = ids
-        .iter()
-        .zip(&mask)
-        .map(|(r, m)| {
-            r.iter()
-                .zip(m)
-                .filter(|(_, &k)| k)
-                .map(|(&t, _)| t)
-                .collect()
-        })
-        .collect();
-    let out = m.model.score(&seqs).unwrap();
-    for (b, o) in out.iter().enumerate() {
-        let got: Vec<f32> = o.per_token.iter().map(|s| s[0]).collect();
-        let want: Vec<f32> = f32s(&g["scores_unpadded"][b]);
-        assert_close(&format!("row {b} unpadded"), &got, &want[..got.len()], TOL);
-        assert_close(
-            &format!("row {b} end"),
-            &o.end,
-            &[g["end_scores"][b].as_f64().unwrap() as f32],
-            TOL,
-        );
+    for opts in both_paths() {
+        let g = golden_json("llama-gqa-score");
+        let m = load_score_model(&golden_dir("llama-gqa-score"), &opts).unwrap();
+        let (ids, mask) = golden_rows(&g);
+        let seqs: Vec<Vec<u32>> = ids
+            .iter()
+            .zip(&mask)
+            .map(|(r, m)| {
+                r.iter()
+                    .zip(m)
+                    .filter(|(_, &k)| k)
+                    .map(|(&t, _)| t)
+                    .collect()
+            })
+            .collect();
+        let out = m.model.score(&seqs).unwrap();
+        for (b, o) in out.iter().enumerate() {
+            let got: Vec<f32> = o.per_token.iter().map(|s| s[0]).collect();
+            let want: Vec<f32> = f32s(&g["scores_unpadded"][b]);
+            assert_close(&format!("row {b} unpadded"), &got, &want[..got.len()], TOL);
+            assert_close(
+                &format!("row {b} end"),
+                &o.end,
+                &[g["end_scores"][b].as_f64().unwrap() as f32],
+                TOL,
+            );
+        }
     }
 }
 

@@ -101,6 +101,9 @@ fn fused_rows_equal_separate_matmuls() {
             assert_eq!(&yab[r * 24 + 8..r * 24 + 24], &yb[r * 16..r * 16 + 16]);
         }
         // Parts that do not fill whole 8-row groups stay apart in the repacked layout.
-        assert_eq!(QuantMatrix::concat_rows(&[&a, &c]).is_some(), !a.is_repacked());
+        assert_eq!(
+            QuantMatrix::concat_rows(&[&a, &c]).is_some(),
+            !a.is_repacked()
+        );
     }
 }

@@ -34,9 +34,19 @@ impl Linear {
         })
     }
 
-    pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+    /// `host_kernels`: use safeloop's CPU kernels where the format has one.
+    pub fn quantized(
+        weight: Arc<QTensor>,
+        bias: Option<Tensor>,
+        host_kernels: bool,
+    ) -> Result<Self> {
         let out_features = weight.shape().dims()[0];
-        let weight = match QuantMatrix::from_qtensor(&weight)? {
+        let packed = if host_kernels {
+            QuantMatrix::from_qtensor(&weight)?
+        } else {
+            None
+        };
+        let weight = match packed {
             Some(m) => LinearWeight::Packed(Arc::new(m)),
             None => LinearWeight::Quant(QMatMul::from_arc(weight)?),
         };

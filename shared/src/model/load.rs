@@ -78,7 +78,7 @@ impl WeightSource for GgufWeights {
         } else {
             None
         };
-        Ok(Linear::quantized(w, b)?)
+        Ok(Linear::quantized(w, b, self.host_kernels)?)
     }
     fn vector(&self, name: &str, len: usize) -> Result<candle_core::Tensor> {
         self.dense(name, &[len])
@@ -88,7 +88,11 @@ impl WeightSource for GgufWeights {
     }
 }
 
-pub(super) fn backbone(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Backbone> {
+pub(super) fn backbone(
+    cfg: &ModelConfig,
+    src: &dyn WeightSource,
+    host_kernels: bool,
+) -> Result<Backbone> {
     // Causal-LM and score checkpoints nest the backbone under `model.`; a bare `LlamaModel`
     // save does not.
     let p = if !src.contains("model.embed_tokens.weight") && src.contains("embed_tokens.weight") {
@@ -138,6 +142,7 @@ pub(super) fn backbone(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Back
     let dtype = src.dtype();
     let rope = RopeTables::new(cfg, dtype, &device)?;
     Ok(Backbone {
+        host_kernels,
         cfg: cfg.clone(),
         embed,
         layers,
@@ -149,9 +154,9 @@ pub(super) fn backbone(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Back
 }
 
 /// The output projection shared with the input embedding.
-pub(super) fn tied_head(embed: &Embedding, _cfg: &ModelConfig) -> Result<Linear> {
+pub(super) fn tied_head(embed: &Embedding, host_kernels: bool) -> Result<Linear> {
     Ok(match embed {
         Embedding::Dense(w) => Linear::dense(w.clone(), None)?,
-        Embedding::Quant(q) => Linear::quantized(q.clone(), None)?,
+        Embedding::Quant(q) => Linear::quantized(q.clone(), None, host_kernels)?,
     })
 }

@@ -8,6 +8,7 @@
 
 mod attention;
 mod cache;
+mod host_attention;
 pub mod layers;
 mod load;
 
@@ -94,6 +95,8 @@ struct Block {
 
 /// Embedding + decoder layers + final norm: everything below the head.
 pub struct Backbone {
+    /// safeloop's CPU kernels (host KV cache + attention, quantized matmul) where they apply.
+    host_kernels: bool,
     cfg: ModelConfig,
     embed: Embedding,
     layers: Vec<Block>,
@@ -120,8 +123,17 @@ impl Backbone {
         &self.embed
     }
 
+    /// Host buffers and the host attention kernel serve f32 on CPU.
+    fn host_path(&self) -> bool {
+        self.host_kernels && self.device.is_cpu() && self.dtype == DType::F32
+    }
+
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_hidden_layers)
+        let width = self.cfg.num_key_value_heads * self.cfg.head_dim;
+        KvCache::new(
+            self.cfg.num_hidden_layers,
+            self.host_path().then_some(width),
+        )
     }
 
     /// Runs the packed batch; returns, per input, the final-normed hidden states of the rows
@@ -134,7 +146,9 @@ impl Backbone {
         }
         let mut ids = Vec::with_capacity(n);
         let mut pos = Vec::with_capacity(n);
+        let host = self.host_path();
         let mut masks = Vec::with_capacity(inputs.len());
+        let mut pasts = Vec::with_capacity(inputs.len());
         for inp in inputs.iter() {
             if inp.positions.len() != inp.tokens.len() {
                 return Err(Error::invalid(
@@ -169,14 +183,17 @@ impl Backbone {
             }
             ids.extend_from_slice(inp.tokens);
             pos.extend_from_slice(&inp.positions);
-            masks.push(attention::build_mask(
-                past,
-                inp.tokens.len(),
-                inp.key_mask,
-                cfg.sliding_window,
-                &self.device,
-                self.dtype,
-            )?);
+            pasts.push(past);
+            if !host {
+                masks.push(attention::build_mask(
+                    past,
+                    inp.tokens.len(),
+                    inp.key_mask,
+                    cfg.sliding_window,
+                    &self.device,
+                    self.dtype,
+                )?);
+            }
         }
         let ids = Tensor::from_vec(ids, n, &self.device)?;
         let pos = Tensor::from_vec(pos, n, &self.device)?;
@@ -195,24 +212,28 @@ impl Backbone {
             let v = qkv[2].contiguous()?.reshape((n, nkv, d))?;
             let q = self.rope.apply(&q, &pos)?;
             let k = self.rope.apply(&k, &pos)?;
-            let mut outs = Vec::with_capacity(inputs.len());
-            let mut r0 = 0;
-            for (inp, mask) in inputs.iter_mut().zip(&masks) {
-                let t = inp.tokens.len();
-                let qi = q.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
-                let ki = k.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
-                let vi = v.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
-                let (ki, vi) = match inp.cache.as_deref_mut() {
-                    Some(c) => c.append(l, &ki, &vi)?,
-                    None => (ki, vi),
-                };
-                outs.push(attention::attend(&qi, &ki, &vi, mask.as_ref())?);
-                r0 += t;
-            }
-            let a = if outs.len() == 1 {
-                outs.pop().expect("one output")
+            let a = if host {
+                self.host_attention(l, &q, &k, &v, inputs, &pasts)?
             } else {
-                Tensor::cat(&outs, 0)?
+                let mut outs = Vec::with_capacity(inputs.len());
+                let mut r0 = 0;
+                for (inp, mask) in inputs.iter_mut().zip(&masks) {
+                    let t = inp.tokens.len();
+                    let qi = q.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
+                    let ki = k.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
+                    let vi = v.narrow(0, r0, t)?.transpose(0, 1)?.contiguous()?;
+                    let (ki, vi) = match inp.cache.as_deref_mut() {
+                        Some(c) => c.append_device(l, &ki, &vi)?,
+                        None => (ki, vi),
+                    };
+                    outs.push(attention::attend(&qi, &ki, &vi, mask.as_ref())?);
+                    r0 += t;
+                }
+                if outs.len() == 1 {
+                    outs.pop().expect("one output")
+                } else {
+                    Tensor::cat(&outs, 0)?
+                }
             };
             let x1 = (x + layer.attn.o.forward(&a)?)?;
             let h2 = layer.mlp_norm.forward(&x1)?;
@@ -236,6 +257,71 @@ impl Backbone {
     }
 }
 
+impl Backbone {
+    /// Appends this layer's keys/values to the host caches and runs the host kernel.
+    fn host_attention(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        inputs: &mut [SeqInput<'_>],
+        pasts: &[usize],
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let n = q.dim(0)?;
+        let qv = q.flatten_all()?.to_vec1::<f32>()?;
+        let kv = k.flatten_all()?.to_vec1::<f32>()?;
+        let vv = v.flatten_all()?.to_vec1::<f32>()?;
+        let w = cfg.num_key_value_heads * cfg.head_dim;
+        let mut r0 = 0;
+        for inp in inputs.iter_mut() {
+            let t = inp.tokens.len();
+            if let Some(c) = inp.cache.as_deref_mut() {
+                match c.layer_mut(layer) {
+                    cache::LayerKv::Host(h) => {
+                        h.append(&kv[r0 * w..(r0 + t) * w], &vv[r0 * w..(r0 + t) * w])
+                    }
+                    cache::LayerKv::Device(_) => {
+                        return Err(Error::invalid("cache", "a device KV cache on the CPU path"))
+                    }
+                }
+            }
+            r0 += t;
+        }
+        let mut seqs = Vec::with_capacity(inputs.len());
+        let mut r0 = 0;
+        for (inp, &past) in inputs.iter().zip(pasts) {
+            let t = inp.tokens.len();
+            let (kk, vk, past) = match inp.cache.as_deref().map(|c| c.layer(layer)) {
+                Some(cache::LayerKv::Host(h)) => (&h.k[..], &h.v[..], past),
+                _ => (&kv[r0 * w..(r0 + t) * w], &vv[r0 * w..(r0 + t) * w], 0),
+            };
+            seqs.push(host_attention::HostSeq {
+                row0: r0,
+                t,
+                past,
+                k: kk,
+                v: vk,
+                key_mask: inp.key_mask,
+            });
+            r0 += t;
+        }
+        let shape = host_attention::Shape {
+            n_heads: cfg.num_attention_heads,
+            n_kv: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            sliding_window: cfg.sliding_window,
+        };
+        let out = host_attention::attend(&qv, n, &seqs, &shape);
+        Ok(Tensor::from_vec(
+            out,
+            (n, cfg.num_attention_heads * cfg.head_dim),
+            &self.device,
+        )?)
+    }
+}
+
 /// Backbone + LM head: the policy.
 pub struct CausalLm {
     backbone: Backbone,
@@ -243,18 +329,20 @@ pub struct CausalLm {
 }
 
 impl CausalLm {
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+    /// `host_kernels`: safeloop's CPU kernels where they apply (false: candle ops only, as
+    /// on a GPU; tests and the benchmark baseline use it).
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, host_kernels: bool) -> Result<Self> {
         if cfg.head != Head::CausalLm {
             return Err(Error::invalid(
                 "model",
                 "this directory holds a score model (LlamaModelForScore), not a causal LM",
             ));
         }
-        let backbone = load::backbone(cfg, src)?;
+        let backbone = load::backbone(cfg, src, host_kernels)?;
         let lm_head = if src.contains("lm_head.weight") {
             src.linear("lm_head", cfg.vocab_size, cfg.hidden_size, false)?
         } else if cfg.tie_word_embeddings || src.is_gguf() {
-            load::tied_head(&backbone.embed, cfg)?
+            load::tied_head(&backbone.embed, host_kernels)?
         } else {
             return Err(Error::MissingTensor {
                 name: "lm_head.weight".into(),
@@ -310,7 +398,7 @@ pub struct ScoreModel {
 }
 
 impl ScoreModel {
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, host_kernels: bool) -> Result<Self> {
         let Head::Score {
             score_dim, bias, ..
         } = cfg.head
@@ -320,7 +408,7 @@ impl ScoreModel {
                 "not a score model: config.json must have architectures [\"LlamaModelForScore\"]",
             ));
         };
-        let backbone = load::backbone(cfg, src)?;
+        let backbone = load::backbone(cfg, src, host_kernels)?;
         let head = src.linear("score_head", score_dim, cfg.hidden_size, bias)?;
         Ok(Self {
             backbone,

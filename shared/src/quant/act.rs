@@ -26,7 +26,7 @@ impl ActQ8 {
             let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in qb.iter_mut().zip(xb) {
-                let r = (v * inv).round() as i32;
+                let r = (v * inv).round_ties_even() as i32;
                 *q = r as i8;
                 sum += r;
             }

@@ -66,3 +66,14 @@ pub fn log_prob(logits: &[f32], id: u32) -> f32 {
     let lse = logits.iter().map(|x| (x - m).exp()).sum::<f32>().ln() + m;
     logits[id as usize] - lse
 }
+
+/// Both compute paths: safeloop's CPU kernels, and candle ops only (the GPU path).
+pub fn both_paths() -> [safeloop_shared::LoadOptions; 2] {
+    [
+        safeloop_shared::LoadOptions::default(),
+        safeloop_shared::LoadOptions {
+            host_kernels: false,
+            ..Default::default()
+        },
+    ]
+}
