@@ -1,11 +1,15 @@
-//! Engine benchmark on the default policy (SmolLM2-135M-Instruct Q4_1):
-//! prefill tokens/s, decode tokens/s at 1, 4 and 16 concurrent sequences, the batch-16 /
-//! batch-1 aggregate ratio, and peak memory.
+//! Engine benchmark on the default policy (SmolLM2-135M-Instruct Q4_1): prefill tokens/s,
+//! decode tokens/s at 1, 4 and 16 concurrent sequences, the batch-16 / batch-1 aggregate
+//! ratio and peak memory — for safeloop's CPU kernels and, in the same process as the
+//! baseline, for candle's stock ops on the same engine (ratios printed at the end).
 //!
-//! `cargo bench -p safeloop-shared --bench engine [-- --model PATH --new-tokens N --prompt-tokens N]`
+//! `cargo bench -p safeloop-shared --bench engine [-- --model PATH --new-tokens N
+//!  --prompt-tokens N --no-baseline]`
 
 use safeloop_shared::engine::{Engine, EngineConfig, SamplingParams};
-use safeloop_shared::{load_causal_lm, ChatMessage, LoadOptions};
+use safeloop_shared::model::CausalLm;
+use safeloop_shared::{load_causal_lm, ChatMessage, LoadOptions, Tokenizer};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +18,10 @@ fn arg(name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
 }
 
 fn peak_rss_mib() -> f64 {
@@ -28,17 +36,25 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn main() -> anyhow::Result<()> {
-    let model = arg("--model")
-        .map(Into::into)
-        .unwrap_or_else(safeloop_shared::assets::default_model_path);
-    let new_tokens: usize = arg("--new-tokens").map_or(64, |s| s.parse().unwrap());
-    let prompt_tokens: usize = arg("--prompt-tokens").map_or(128, |s| s.parse().unwrap());
+struct Figures {
+    prefill: f64,
+    /// Aggregate decode tokens/s at 1, 4, 16 streams.
+    decode: [f64; 3],
+}
+
+const STREAMS: [usize; 3] = [1, 4, 16];
+
+fn measure(
+    label: &str,
+    model: &Path,
+    opts: &LoadOptions,
+    new_tokens: usize,
+    prompt_tokens: usize,
+) -> anyhow::Result<Figures> {
     let t0 = Instant::now();
-    let m = load_causal_lm(&model, &LoadOptions::default())?;
+    let m = load_causal_lm(model, opts)?;
     println!(
-        "model {} loaded in {:.2}s",
-        model.display(),
+        "[{label}] model loaded in {:.2}s",
         t0.elapsed().as_secs_f64()
     );
     let tok = Arc::new(m.tokenizer);
@@ -51,21 +67,12 @@ fn main() -> anyhow::Result<()> {
             max_context: None,
         },
     );
-    let text = "Safe reinforcement learning from human feedback trains a policy to be helpful \
-                while a cost model keeps it harmless. ";
-    let mut long = String::new();
-    while tok.encode(&long, false)?.len() < prompt_tokens {
-        long.push_str(text);
-    }
-    let mut prompt = tok.encode(&long, false)?;
-    prompt.truncate(prompt_tokens);
-
-    // Prefill: one prompt, one output token, timed after a warm-up.
+    let prompt = long_prompt(&tok, prompt_tokens)?;
     let one = SamplingParams {
         max_tokens: Some(1),
         ..SamplingParams::greedy()
     };
-    engine.generate(vec![(prompt.clone(), one.clone())])?;
+    engine.generate(vec![(prompt.clone(), one.clone())])?; // warm-up
     let runs = 3;
     let t = Instant::now();
     for _ in 0..runs {
@@ -73,58 +80,105 @@ fn main() -> anyhow::Result<()> {
     }
     let prefill = (runs * prompt.len()) as f64 / t.elapsed().as_secs_f64();
     println!(
-        "prefill: {prefill:.1} tokens/s ({} prompt tokens)",
+        "[{label}] prefill: {prefill:.1} tokens/s ({} prompt tokens)",
         prompt.len()
     );
-
-    // Decode at several concurrencies: short distinct chat prompts, greedy, ignore eos.
-    let mut results = vec![];
-    for &b in &[1usize, 4, 16] {
-        let reqs: Vec<_> = (0..b)
-            .map(|i| {
-                let msgs = [ChatMessage::new(
-                    "user",
-                    &format!("Write a short story about robot number {i}."),
-                )];
-                let ids = tok.encode_chat(&msgs, true).unwrap();
-                (
-                    ids,
-                    SamplingParams {
-                        max_tokens: Some(new_tokens),
-                        ignore_eos: true,
-                        ..SamplingParams::greedy()
-                    },
-                )
-            })
-            .collect();
-        for (ids, p) in &reqs {
-            engine.add_request(ids.clone(), p.clone())?;
-        }
-        // Run prefills to completion first so the timing covers decode steps only.
-        let mut generated = 0usize;
-        while engine.last_step().prefill_tokens > 0 || generated == 0 {
-            generated += engine.step()?.iter().filter(|u| u.token.is_some()).count();
-        }
-        let t = Instant::now();
-        let mut steps = 0;
-        let mut decoded = 0;
-        while engine.has_work() {
-            decoded += engine.step()?.iter().filter(|u| u.token.is_some()).count();
-            steps += 1;
-        }
-        let secs = t.elapsed().as_secs_f64();
-        let agg = decoded as f64 / secs;
+    let mut decode = [0.0; 3];
+    for (slot, &b) in STREAMS.iter().enumerate() {
+        decode[slot] = decode_rate(&mut engine, &tok, b, new_tokens)?;
         println!(
-            "decode batch {b:>2}: {agg:7.1} tokens/s aggregate, {:6.1} tokens/s per stream, {:.1} ms/step",
-            agg / b as f64,
-            1e3 * secs / steps as f64
+            "[{label}] decode {b:>2} streams: {:7.1} tokens/s aggregate, {:6.1} per stream",
+            decode[slot],
+            decode[slot] / b as f64
         );
-        results.push(agg);
     }
+    Ok(Figures { prefill, decode })
+}
+
+fn long_prompt(tok: &Tokenizer, n: usize) -> anyhow::Result<Vec<u32>> {
+    let text = "Safe reinforcement learning from human feedback trains a policy to be helpful \
+                while a cost model keeps it harmless. ";
+    let mut long = String::new();
+    while tok.encode(&long, false)?.len() < n {
+        long.push_str(text);
+    }
+    let mut ids = tok.encode(&long, false)?;
+    ids.truncate(n);
+    Ok(ids)
+}
+
+/// Decode tokens/s with `b` concurrent greedy streams, prefills excluded from the timing.
+fn decode_rate(
+    engine: &mut Engine<CausalLm>,
+    tok: &Tokenizer,
+    b: usize,
+    new_tokens: usize,
+) -> anyhow::Result<f64> {
+    for i in 0..b {
+        let msgs = [ChatMessage::new(
+            "user",
+            &format!("Write a short story about robot number {i}."),
+        )];
+        let params = SamplingParams {
+            max_tokens: Some(new_tokens),
+            ignore_eos: true,
+            ..SamplingParams::greedy()
+        };
+        engine.add_request(tok.encode_chat(&msgs, true)?, params)?;
+    }
+    // First step(s): prefills (and the first token of each stream).
+    loop {
+        engine.step()?;
+        if engine.last_step().prefill_tokens == 0 || !engine.has_work() {
+            break;
+        }
+    }
+    let t = Instant::now();
+    let mut decoded = 0;
+    while engine.has_work() {
+        decoded += engine.step()?.iter().filter(|u| u.token.is_some()).count();
+    }
+    Ok(decoded as f64 / t.elapsed().as_secs_f64())
+}
+
+fn main() -> anyhow::Result<()> {
+    let model = arg("--model")
+        .map(Into::into)
+        .unwrap_or_else(safeloop_shared::assets::default_model_path);
+    let new_tokens: usize = arg("--new-tokens").map_or(Ok(64), |s| s.parse())?;
+    let prompt_tokens: usize = arg("--prompt-tokens").map_or(Ok(128), |s| s.parse())?;
     println!(
-        "batch-16 / batch-1 aggregate: {:.2}x",
-        results[2] / results[0]
+        "model {}; {new_tokens} new tokens per stream, greedy",
+        model.display()
     );
-    println!("peak memory (RSS): {:.0} MiB", peak_rss_mib());
+    let ours = measure(
+        "safeloop",
+        &model,
+        &LoadOptions::default(),
+        new_tokens,
+        prompt_tokens,
+    )?;
+    let peak = peak_rss_mib();
+    println!(
+        "[safeloop] batch-16 / batch-1 aggregate: {:.2}x",
+        ours.decode[2] / ours.decode[0]
+    );
+    println!("[safeloop] peak memory (RSS): {peak:.0} MiB");
+    if flag("--no-baseline") {
+        return Ok(());
+    }
+    let base_opts = LoadOptions {
+        host_kernels: false,
+        ..Default::default()
+    };
+    let base = measure("candle ops", &model, &base_opts, new_tokens, prompt_tokens)?;
+    println!("\nsafeloop / candle-ops baseline (same process, same engine):");
+    println!("  prefill       {:5.2}x", ours.prefill / base.prefill);
+    for (i, b) in STREAMS.iter().enumerate() {
+        println!(
+            "  decode {b:>2}     {:5.2}x",
+            ours.decode[i] / base.decode[i]
+        );
+    }
     Ok(())
 }

@@ -89,7 +89,7 @@ fn fused_rows_equal_separate_matmuls() {
         let t = Tensor::from_vec(pseudo_random(rows * cols, seed), (rows, cols), &dev).unwrap();
         QTensor::quantize(&t, GgmlDType::Q4_1).unwrap()
     };
-    let (qa, qb, qc) = (q(8, 5), q(16, 6), q(3, 7));
+    let (qa, qb, qc) = (q(16, 5), q(32, 6), q(3, 7));
     for repack in [true, false] {
         let m = |t: &QTensor| QuantMatrix::from_qtensor_with(t, repack).unwrap().unwrap();
         let (a, b, c) = (m(&qa), m(&qb), m(&qc));
@@ -97,10 +97,10 @@ fn fused_rows_equal_separate_matmuls() {
         let x = pseudo_random(2 * cols, 9);
         let (ya, yb, yab) = (a.matmul(&x, 2), b.matmul(&x, 2), ab.matmul(&x, 2));
         for r in 0..2 {
-            assert_eq!(&yab[r * 24..r * 24 + 8], &ya[r * 8..r * 8 + 8]);
-            assert_eq!(&yab[r * 24 + 8..r * 24 + 24], &yb[r * 16..r * 16 + 16]);
+            assert_eq!(&yab[r * 48..r * 48 + 16], &ya[r * 16..r * 16 + 16]);
+            assert_eq!(&yab[r * 48 + 16..r * 48 + 48], &yb[r * 32..r * 32 + 32]);
         }
-        // Parts that do not fill whole 8-row groups stay apart in the repacked layout.
+        // Parts that do not fill whole row groups stay apart in the repacked layout.
         assert_eq!(
             QuantMatrix::concat_rows(&[&a, &c]).is_some(),
             !a.is_repacked()

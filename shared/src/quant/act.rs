@@ -21,15 +21,8 @@ impl ActQ8 {
         let mut d = Vec::with_capacity(nb);
         let mut sd = Vec::with_capacity(nb);
         for (xb, qb) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                let r = (v * inv).round_ties_even() as i32;
-                *q = r as i8;
-                sum += r;
-            }
+            let (scale, sum) =
+                quantize_block(xb.try_into().expect("block"), qb.try_into().expect("block"));
             d.push(scale);
             sd.push(scale * sum as f32);
         }
@@ -49,4 +42,60 @@ impl ActQ8 {
     pub fn cols(&self) -> usize {
         self.cols
     }
+}
+
+/// Quantizes 32 values to i8 with scale `max|x| / 127`; returns the scale and Σq.
+#[inline]
+fn quantize_block(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw"
+    ))]
+    {
+        // SAFETY: the build targets AVX-512 F + BW (cfg above); x and q hold 32 elements.
+        unsafe { quantize_block_avx512(x, q) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw"
+    )))]
+    {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (o, &v) in q.iter_mut().zip(x) {
+            let r = (v * inv).round_ties_even() as i32;
+            *o = r as i8;
+            sum += r;
+        }
+        (scale, sum)
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw"
+))]
+#[inline]
+unsafe fn quantize_block_avx512(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let a = _mm512_loadu_ps(x.as_ptr());
+    let b = _mm512_loadu_ps(x.as_ptr().add(16));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    let scale = amax / 127.0;
+    let inv = _mm512_set1_ps(if scale != 0.0 { 1.0 / scale } else { 0.0 });
+    // Round to nearest even, as the scalar path does.
+    let qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv));
+    let qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
+    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(qa));
+    _mm_storeu_si128(
+        q.as_mut_ptr().add(16) as *mut __m128i,
+        _mm512_cvtepi32_epi8(qb),
+    );
+    (scale, sum)
 }

@@ -183,7 +183,7 @@ impl QuantMatrix {
             let work = |range: std::ops::Range<usize>| {
                 let out_ptr = &out_ptr;
                 for g in range {
-                    // SAFETY: each group writes its own 8 output columns of every row.
+                    // SAFETY: each group writes its own output columns of every row.
                     unsafe { rp.group(g, act, rows, out_ptr.0) };
                 }
             };
@@ -235,12 +235,14 @@ impl QuantMatrix {
             let gbb = repack::Repacked::group_block_bytes(rp.bits8);
             let (g, lane) = (r / repack::ROWS, r % repack::ROWS);
             let blk = &rp.data[(g * rp.nb + k) * gbb..(g * rp.nb + k + 1) * gbb];
+            let rows = repack::ROWS;
             let d = f16::from_le_bytes([blk[2 * lane], blk[2 * lane + 1]]).to_f32();
-            let m = f16::from_le_bytes([blk[16 + 2 * lane], blk[17 + 2 * lane]]).to_f32();
-            let qd = &blk[32..];
+            let m = f16::from_le_bytes([blk[2 * rows + 2 * lane], blk[2 * rows + 2 * lane + 1]])
+                .to_f32();
+            let qd = &blk[4 * rows..];
             for v in 0..if rp.bits8 { 8 } else { 4 } {
                 for j in 0..4 {
-                    let byte = qd[v * 32 + lane * 4 + j];
+                    let byte = qd[v * 4 * rows + lane * 4 + j];
                     if rp.bits8 {
                         q[4 * v + j] = byte;
                     } else {

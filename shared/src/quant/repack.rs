@@ -1,18 +1,22 @@
-//! Weights repacked eight rows at a time for VNNI: lane `r` of every 256-bit vector holds
-//! four quants of row `r`, so one `vpdpbusd` advances eight output rows by four inputs and
-//! the per-block scales are applied as vectors — no horizontal sums, no per-row broadcasts.
+//! Weights repacked sixteen rows at a time for AVX-512 VNNI: lane `r` of every 512-bit vector
+//! holds four quants of row `r`, so one `vpdpbusd` advances sixteen output rows by four inputs
+//! and the per-block scales are applied as vectors — no horizontal sums, no per-row broadcasts.
 //!
 //! Every format becomes "unsigned quant × d + m": Q4_1 as stored, Q4_0 with `m = -8·d`,
-//! Q8_0 with quants shifted by +128 and `m = -128·d` (exact in f16). Per group of 8 rows and
-//! block of 32 inputs the layout is: `d[8]` f16, `m[8]` f16, then the quants —
-//! 4-bit: 4 vectors; lane r byte j of vector v holds element `8v+j` (low nibble) and
-//! `8v+4+j` (high nibble) of row r; 8-bit: 8 vectors; lane r byte j of vector v holds
+//! Q8_0 with quants shifted by +128 and `m = -128·d` (exact in f16). Per group of 16 rows and
+//! block of 32 inputs the layout is: `d[16]` f16, `m[16]` f16, then the quants —
+//! 4-bit: 4 vectors of 64 bytes; lane r byte j of vector v holds element `8v+j` (low nibble)
+//! and `8v+4+j` (high nibble) of row r; 8-bit: 8 vectors; lane r byte j of vector v holds
 //! element `4v+j`.
 
 use super::{ActQ8, WeightFormat, BLOCK};
 use half::f16;
 
-pub const ROWS: usize = 8;
+pub const ROWS: usize = 16;
+/// Bytes of one quant vector (16 lanes × 4 bytes).
+const VEC: usize = ROWS * 4;
+/// Bytes of the scales (`d` then `m`, f16 each).
+const SCALES: usize = ROWS * 4;
 
 #[derive(Debug, Clone)]
 pub struct Repacked {
@@ -24,7 +28,7 @@ pub struct Repacked {
 
 impl Repacked {
     pub fn group_block_bytes(bits8: bool) -> usize {
-        32 + if bits8 { 256 } else { 128 }
+        SCALES + VEC * if bits8 { 8 } else { 4 }
     }
 
     /// Repacks a ggml-layout matrix (`row_bytes` per row).
@@ -71,18 +75,18 @@ impl Repacked {
                         }
                     };
                     dst[2 * r..2 * r + 2].copy_from_slice(&d.to_le_bytes());
-                    dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
-                    let qd = &mut dst[32..];
+                    dst[2 * ROWS + 2 * r..2 * ROWS + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
+                    let qd = &mut dst[SCALES..];
                     if bits8 {
                         for v in 0..8 {
                             for j in 0..4 {
-                                qd[v * 32 + r * 4 + j] = q[4 * v + j];
+                                qd[v * VEC + r * 4 + j] = q[4 * v + j];
                             }
                         }
                     } else {
                         for v in 0..4 {
                             for j in 0..4 {
-                                qd[v * 32 + r * 4 + j] = q[8 * v + j] | (q[8 * v + 4 + j] << 4);
+                                qd[v * VEC + r * 4 + j] = q[8 * v + j] | (q[8 * v + 4 + j] << 4);
                             }
                         }
                     }
@@ -97,7 +101,7 @@ impl Repacked {
         }
     }
 
-    /// Computes output columns `g*8 .. g*8+8` (clipped to `rows`) for every activation row,
+    /// Computes output columns `g*16 .. g*16+16` (clipped to `rows`) for every activation row,
     /// writing `out[b * rows + c]`.
     ///
     /// # Safety
@@ -118,11 +122,11 @@ impl Repacked {
     }
 }
 
-/// Whether this build has the VNNI kernel (x86-64 with AVX-512 VNNI + VL).
+/// Whether this build has the VNNI kernel (x86-64 with AVX-512 F + VNNI).
 pub const AVAILABLE: bool = cfg!(all(
     target_arch = "x86_64",
     target_feature = "avx512vnni",
-    target_feature = "avx512vl",
+    target_feature = "avx512f",
     target_feature = "f16c",
     target_feature = "fma"
 ));
@@ -130,7 +134,7 @@ pub const AVAILABLE: bool = cfg!(all(
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx512vnni",
-    target_feature = "avx512vl",
+    target_feature = "avx512f",
     target_feature = "f16c",
     target_feature = "fma"
 ))]
@@ -139,8 +143,8 @@ mod kernel {
     use std::arch::x86_64::*;
 
     #[inline(always)]
-    unsafe fn bcast(p: *const i8, word: usize) -> __m256i {
-        _mm256_set1_epi32(std::ptr::read_unaligned(p.add(4 * word) as *const i32))
+    unsafe fn bcast(p: *const i8, word: usize) -> __m512i {
+        _mm512_set1_epi32(std::ptr::read_unaligned(p.add(4 * word) as *const i32))
     }
 
     #[inline(always)]
@@ -156,54 +160,39 @@ mod kernel {
         let gbb = Repacked::group_block_bytes(w.bits8);
         let base = w.data.as_ptr().add(g * nb * gbb);
         let qs = act.qs.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); T];
-        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); T];
+        let low = _mm512_set1_epi8(0x0F);
         for k in 0..nb {
             let blk = base.add(k * gbb);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            let m = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
-            let q = blk.add(32);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+            let m = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(2 * ROWS) as *const __m256i));
+            let q = blk.add(SCALES);
+            // Weight vectors for this block, as (vector, activation word) pairs.
+            let mut wv = [_mm512_setzero_si512(); 8];
             if w.bits8 {
-                let mut wv = [_mm256_setzero_si256(); 8];
                 for (v, x) in wv.iter_mut().enumerate() {
-                    *x = _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
-                }
-                for i in 0..T {
-                    let ab = (b0 + i) * nb + k;
-                    let a = qs.add(ab * BLOCK);
-                    let mut s0 = _mm256_setzero_si256();
-                    let mut s1 = _mm256_setzero_si256();
-                    for v in (0..8).step_by(2) {
-                        s0 = _mm256_dpbusd_epi32(s0, wv[v], bcast(a, v));
-                        s1 = _mm256_dpbusd_epi32(s1, wv[v + 1], bcast(a, v + 1));
-                    }
-                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
-                    let da = _mm256_set1_ps(*act.d.get_unchecked(ab));
-                    acc[i] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, da), acc[i]);
-                    acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(*act.sd.get_unchecked(ab)), acc[i]);
+                    *x = _mm512_loadu_si512(q.add(VEC * v) as *const _);
                 }
             } else {
-                let mut lo = [_mm256_setzero_si256(); 4];
-                let mut hi = [_mm256_setzero_si256(); 4];
                 for v in 0..4 {
-                    let x = _mm256_loadu_si256(q.add(32 * v) as *const __m256i);
-                    lo[v] = _mm256_and_si256(x, low);
-                    hi[v] = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
+                    let x = _mm512_loadu_si512(q.add(VEC * v) as *const _);
+                    wv[2 * v] = _mm512_and_si512(x, low);
+                    wv[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(x, 4), low);
                 }
-                for i in 0..T {
-                    let ab = (b0 + i) * nb + k;
-                    let a = qs.add(ab * BLOCK);
-                    let mut s0 = _mm256_setzero_si256();
-                    let mut s1 = _mm256_setzero_si256();
-                    for v in 0..4 {
-                        s0 = _mm256_dpbusd_epi32(s0, lo[v], bcast(a, 2 * v));
-                        s1 = _mm256_dpbusd_epi32(s1, hi[v], bcast(a, 2 * v + 1));
-                    }
-                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
-                    let da = _mm256_set1_ps(*act.d.get_unchecked(ab));
-                    acc[i] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, da), acc[i]);
-                    acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(*act.sd.get_unchecked(ab)), acc[i]);
+            }
+            for i in 0..T {
+                let ab = (b0 + i) * nb + k;
+                let a = qs.add(ab * BLOCK);
+                let mut s0 = _mm512_setzero_si512();
+                let mut s1 = _mm512_setzero_si512();
+                for v in (0..8).step_by(2) {
+                    s0 = _mm512_dpbusd_epi32(s0, wv[v], bcast(a, v));
+                    s1 = _mm512_dpbusd_epi32(s1, wv[v + 1], bcast(a, v + 1));
                 }
+                let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                let da = _mm512_set1_ps(*act.d.get_unchecked(ab));
+                acc[i] = _mm512_fmadd_ps(s, _mm512_mul_ps(d, da), acc[i]);
+                acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(*act.sd.get_unchecked(ab)), acc[i]);
             }
         }
         let c0 = g * ROWS;
@@ -211,10 +200,10 @@ mod kernel {
         for i in 0..T {
             let dst = out.add((b0 + i) * rows + c0);
             if valid == ROWS {
-                _mm256_storeu_ps(dst, acc[i]);
+                _mm512_storeu_ps(dst, acc[i]);
             } else {
                 let mut tmp = [0f32; ROWS];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), acc[i]);
+                _mm512_storeu_ps(tmp.as_mut_ptr(), acc[i]);
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, valid);
             }
         }
@@ -224,7 +213,7 @@ mod kernel {
 #[cfg(not(all(
     target_arch = "x86_64",
     target_feature = "avx512vnni",
-    target_feature = "avx512vl",
+    target_feature = "avx512f",
     target_feature = "f16c",
     target_feature = "fma"
 )))]
