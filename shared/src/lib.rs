@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod loader;
+pub mod math;
 pub mod model;
 pub mod quant;
 pub mod rope;

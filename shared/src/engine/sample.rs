@@ -168,10 +168,7 @@ pub fn argmax(l: &[f32]) -> u32 {
     best as u32
 }
 
-pub fn log_sum_exp(l: &[f32]) -> f32 {
-    let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    l.iter().map(|&x| (x - m).exp()).sum::<f32>().ln() + m
-}
+pub use crate::math::log_sum_exp;
 
 /// The `n` most likely tokens under the raw logits, best first.
 pub fn top_logprobs(l: &[f32], lse: f32, n: usize) -> Vec<(u32, f32)> {

@@ -1,6 +1,9 @@
-//! Attention on CPU over host buffers: all sequences and heads of a packed batch in one
-//! parallel pass (per (sequence, head) work items on candle's thread pool), instead of a
-//! dozen small tensor ops per sequence and layer.
+//! Attention on CPU over host buffers: all sequences and KV heads of a packed batch in one
+//! parallel pass (per (sequence, KV head) work items on candle's thread pool), instead of a
+//! dozen small tensor ops per sequence and layer. The query heads that share a KV head
+//! (GQA) are handled together so each key and value row is read once.
+
+use crate::math::{dot, fast_exp};
 
 /// One sequence's part of the packed batch for one layer.
 pub struct HostSeq<'a> {
@@ -10,7 +13,7 @@ pub struct HostSeq<'a> {
     pub t: usize,
     /// Cached positions before these tokens.
     pub past: usize,
-    /// Keys/values for positions `0..past+t`, `width` floats per position.
+    /// Keys/values for positions `0..past+t`, `n_kv * head_dim` floats per position.
     pub k: &'a [f32],
     pub v: &'a [f32],
     /// `false` marks padding keys among the new tokens.
@@ -30,22 +33,21 @@ unsafe impl Sync for OutPtr {}
 
 /// `q`: `[n, n_heads * d]` packed rows; returns `[n, n_heads * d]`.
 pub fn attend(q: &[f32], n: usize, seqs: &[HostSeq<'_>], s: &Shape) -> Vec<f32> {
-    let (nh, d) = (s.n_heads, s.head_dim);
-    let qw = nh * d;
+    let qw = s.n_heads * s.head_dim;
     let mut out = vec![0f32; n * qw];
     let ptr = OutPtr(out.as_mut_ptr());
-    let items = seqs.len() * nh;
+    let items = seqs.len() * s.n_kv;
     let work = |range: std::ops::Range<usize>| {
         let ptr = &ptr;
         let mut scores = Vec::new();
         for item in range {
-            let (si, h) = (item / nh, item % nh);
-            let seq = &seqs[si];
-            // SAFETY: item (si, h) writes rows row0..row0+t, columns h*d..(h+1)*d only.
-            unsafe { head(q, seq, s, h, ptr.0, &mut scores) };
+            let (si, kvh) = (item / s.n_kv, item % s.n_kv);
+            // SAFETY: item (si, kvh) writes only rows of sequence si, columns of the query
+            // heads served by kvh.
+            unsafe { kv_group(q, &seqs[si], s, kvh, ptr.0, &mut scores) };
         }
     };
-    let flops: usize = seqs.iter().map(|q| q.t * (q.past + q.t)).sum::<usize>() * nh * d;
+    let flops: usize = seqs.iter().map(|q| q.t * (q.past + q.t)).sum::<usize>() * qw;
     if flops < 32_768 {
         work(0..items);
     } else {
@@ -54,74 +56,69 @@ pub fn attend(q: &[f32], n: usize, seqs: &[HostSeq<'_>], s: &Shape) -> Vec<f32> 
     out
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-unsafe fn head(
+unsafe fn kv_group(
     q: &[f32],
     seq: &HostSeq<'_>,
     s: &Shape,
-    h: usize,
+    kvh: usize,
     out: *mut f32,
     scores: &mut Vec<f32>,
 ) {
     let d = s.head_dim;
     let qw = s.n_heads * d;
     let kvw = s.n_kv * d;
-    let kvh = h / (s.n_heads / s.n_kv);
+    let rep = s.n_heads / s.n_kv;
     let scale = 1.0 / (d as f32).sqrt();
     for t in 0..seq.t {
         let qi = seq.past + t;
         let lo = s.sliding_window.map_or(0, |w| (qi + 1).saturating_sub(w));
-        let qrow = &q[(seq.row0 + t) * qw + h * d..(seq.row0 + t) * qw + (h + 1) * d];
+        let span = qi + 1 - lo;
+        let row = seq.row0 + t;
+        // scores[r * span + j]: query head kvh*rep + r against key lo + j.
         scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for pos in lo..=qi {
-            let visible = seq
+        scores.resize(rep * span, f32::NEG_INFINITY);
+        for j in 0..span {
+            let pos = lo + j;
+            if seq
                 .key_mask
-                .is_none_or(|m| pos < seq.past || m[pos - seq.past]);
-            let sc = if visible {
-                dot(qrow, &seq.k[pos * kvw + kvh * d..pos * kvw + (kvh + 1) * d]) * scale
-            } else {
-                f32::NEG_INFINITY
-            };
-            max = max.max(sc);
-            scores.push(sc);
-        }
-        let o = std::slice::from_raw_parts_mut(out.add((seq.row0 + t) * qw + h * d), d);
-        if max == f32::NEG_INFINITY {
-            continue; // a padding query with nothing to attend to: its output is unused
-        }
-        let mut sum = 0f32;
-        for x in scores.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        for (j, &p) in scores.iter().enumerate() {
-            if p == 0.0 {
+                .is_some_and(|m| pos >= seq.past && !m[pos - seq.past])
+            {
                 continue;
             }
+            let krow = &seq.k[pos * kvw + kvh * d..pos * kvw + (kvh + 1) * d];
+            for r in 0..rep {
+                let h = kvh * rep + r;
+                scores[r * span + j] =
+                    dot(&q[row * qw + h * d..row * qw + (h + 1) * d], krow) * scale;
+            }
+        }
+        for r in 0..rep {
+            let sc = &mut scores[r * span..(r + 1) * span];
+            let max = crate::math::max(sc);
+            if max == f32::NEG_INFINITY {
+                continue; // a padding query with nothing to attend to: its output is unused
+            }
+            let mut sum = 0f32;
+            for x in sc.iter_mut() {
+                *x = fast_exp(*x - max);
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            sc.iter_mut().for_each(|x| *x *= inv);
+        }
+        for j in 0..span {
             let pos = lo + j;
             let vrow = &seq.v[pos * kvw + kvh * d..pos * kvw + (kvh + 1) * d];
-            let w = p * inv;
-            for (oi, vi) in o.iter_mut().zip(vrow) {
-                *oi += w * vi;
+            for r in 0..rep {
+                let p = scores[r * span + j];
+                if p == 0.0 {
+                    continue;
+                }
+                let h = kvh * rep + r;
+                let o = std::slice::from_raw_parts_mut(out.add(row * qw + h * d), d);
+                for (oi, vi) in o.iter_mut().zip(vrow) {
+                    *oi = p.mul_add(*vi, *oi);
+                }
             }
         }
     }
