@@ -7,12 +7,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The source is part of the message (not a `#[source]`), so error chains print it once.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{file}: field `{field}`: {msg}")]
     Config {
         file: PathBuf,
@@ -57,14 +54,20 @@ pub enum Error {
     #[error("invalid request: `{param}`: {msg}")]
     InvalidRequest { param: String, msg: String },
     #[error("model: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(e)
+    }
 }
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
 

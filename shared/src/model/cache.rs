@@ -19,11 +19,74 @@ pub(crate) enum LayerKv {
     Device(candle_nn::kv_cache::KvCache),
 }
 
-/// Host keys and values, one row of `width` floats per position.
-#[derive(Debug, Clone, Default)]
+/// Element type of host KV buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    /// Half the memory and memory traffic; keys/values rounded to 11 significant bits.
+    F16,
+}
+
+/// Host keys or values, one row of `width` elements per position.
+#[derive(Debug, Clone)]
+pub(crate) enum HostBuf {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl HostBuf {
+    fn new(dtype: KvDtype) -> Self {
+        match dtype {
+            KvDtype::F32 => HostBuf::F32(Vec::new()),
+            KvDtype::F16 => HostBuf::F16(Vec::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            HostBuf::F32(b) => b.len(),
+            HostBuf::F16(b) => b.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            HostBuf::F32(b) => b.capacity() * 4,
+            HostBuf::F16(b) => b.capacity() * 2,
+        }
+    }
+
+    fn append(&mut self, rows: &[f32], grow: usize) {
+        match self {
+            HostBuf::F32(b) => {
+                if b.capacity() < b.len() + rows.len() {
+                    b.reserve_exact(rows.len().max(grow));
+                }
+                b.extend_from_slice(rows);
+            }
+            HostBuf::F16(b) => {
+                if b.capacity() < b.len() + rows.len() {
+                    b.reserve_exact(rows.len().max(grow));
+                }
+                let start = b.len();
+                b.resize(start + rows.len(), half::f16::ZERO);
+                half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut b[start..], rows);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            HostBuf::F32(b) => b.clear(),
+            HostBuf::F16(b) => b.clear(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub(crate) struct HostKv {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub k: HostBuf,
+    pub v: HostBuf,
     pub width: usize,
 }
 
@@ -33,25 +96,21 @@ impl HostKv {
     }
 
     pub fn append(&mut self, k: &[f32], v: &[f32]) {
-        if self.k.capacity() < self.k.len() + k.len() {
-            let extra = k.len().max(GROW_BY * self.width);
-            self.k.reserve_exact(extra);
-            self.v.reserve_exact(extra);
-        }
-        self.k.extend_from_slice(k);
-        self.v.extend_from_slice(v);
+        self.k.append(k, GROW_BY * self.width);
+        self.v.append(v, GROW_BY * self.width);
     }
 }
 
 impl KvCache {
-    /// `host_width`: `Some(n_kv * head_dim)` for host buffers, `None` for device tensors.
-    pub(crate) fn new(num_layers: usize, host_width: Option<usize>) -> Self {
+    /// `host`: `Some((n_kv * head_dim, dtype))` for host buffers, `None` for device tensors.
+    pub(crate) fn new(num_layers: usize, host: Option<(usize, KvDtype)>) -> Self {
         Self {
             layers: (0..num_layers)
-                .map(|_| match host_width {
-                    Some(width) => LayerKv::Host(HostKv {
+                .map(|_| match host {
+                    Some((width, dtype)) => LayerKv::Host(HostKv {
+                        k: HostBuf::new(dtype),
+                        v: HostBuf::new(dtype),
                         width,
-                        ..Default::default()
                     }),
                     None => LayerKv::Device(candle_nn::kv_cache::KvCache::new(1, GROW_BY)),
                 })
@@ -77,7 +136,7 @@ impl KvCache {
         self.layers
             .iter()
             .map(|l| match l {
-                LayerKv::Host(h) => (h.k.capacity() + h.v.capacity()) * 4,
+                LayerKv::Host(h) => h.k.bytes() + h.v.bytes(),
                 LayerKv::Device(d) => [d.k_cache().all_data(), d.v_cache().all_data()]
                     .into_iter()
                     .flatten()

@@ -3,7 +3,38 @@
 //! dozen small tensor ops per sequence and layer. The query heads that share a KV head
 //! (GQA) are handled together so each key and value row is read once.
 
+use super::cache::HostBuf;
 use crate::math::{dot, fast_exp};
+
+/// Keys or values of one sequence, `n_kv * head_dim` elements per position.
+#[derive(Clone, Copy)]
+pub enum KvView<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+impl<'a> From<&'a HostBuf> for KvView<'a> {
+    fn from(b: &'a HostBuf) -> Self {
+        match b {
+            HostBuf::F32(v) => KvView::F32(v),
+            HostBuf::F16(v) => KvView::F16(v),
+        }
+    }
+}
+
+impl KvView<'_> {
+    /// Elements `start..start+len` as f32 (converted into `buf` when stored as f16).
+    #[inline]
+    fn row<'b>(&'b self, start: usize, len: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        match self {
+            KvView::F32(v) => &v[start..start + len],
+            KvView::F16(v) => {
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&v[start..start + len], &mut buf[..len]);
+                &buf[..len]
+            }
+        }
+    }
+}
 
 /// One sequence's part of the packed batch for one layer.
 pub struct HostSeq<'a> {
@@ -13,9 +44,9 @@ pub struct HostSeq<'a> {
     pub t: usize,
     /// Cached positions before these tokens.
     pub past: usize,
-    /// Keys/values for positions `0..past+t`, `n_kv * head_dim` floats per position.
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    /// Keys/values for positions `0..past+t`.
+    pub k: KvView<'a>,
+    pub v: KvView<'a>,
     /// `false` marks padding keys among the new tokens.
     pub key_mask: Option<&'a [bool]>,
 }
@@ -69,6 +100,7 @@ unsafe fn kv_group(
     let kvw = s.n_kv * d;
     let rep = s.n_heads / s.n_kv;
     let scale = 1.0 / (d as f32).sqrt();
+    let mut buf = vec![0f32; d];
     for t in 0..seq.t {
         let qi = seq.past + t;
         let lo = s.sliding_window.map_or(0, |w| (qi + 1).saturating_sub(w));
@@ -85,7 +117,7 @@ unsafe fn kv_group(
             {
                 continue;
             }
-            let krow = &seq.k[pos * kvw + kvh * d..pos * kvw + (kvh + 1) * d];
+            let krow = seq.k.row(pos * kvw + kvh * d, d, &mut buf);
             for r in 0..rep {
                 let h = kvh * rep + r;
                 scores[r * span + j] =
@@ -108,7 +140,7 @@ unsafe fn kv_group(
         }
         for j in 0..span {
             let pos = lo + j;
-            let vrow = &seq.v[pos * kvw + kvh * d..pos * kvw + (kvh + 1) * d];
+            let vrow = seq.v.row(pos * kvw + kvh * d, d, &mut buf);
             for r in 0..rep {
                 let p = scores[r * span + j];
                 if p == 0.0 {

@@ -143,6 +143,13 @@ pub(super) fn backbone(
     let rope = RopeTables::new(cfg, dtype, &device)?;
     Ok(Backbone {
         host_kernels,
+        // Quantized models carry far more error than f16 keys/values add; dense f32 models
+        // keep f32 caches (bit-for-bit parity with their full forward pass).
+        kv_dtype: if src.is_gguf() {
+            super::KvDtype::F16
+        } else {
+            super::KvDtype::F32
+        },
         cfg: cfg.clone(),
         embed,
         layers,

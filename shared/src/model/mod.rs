@@ -12,7 +12,7 @@ mod host_attention;
 pub mod layers;
 mod load;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, KvDtype};
 pub use load::WeightSource;
 
 use crate::config::{Head, ModelConfig};
@@ -97,6 +97,7 @@ struct Block {
 pub struct Backbone {
     /// safeloop's CPU kernels (host KV cache + attention, quantized matmul) where they apply.
     host_kernels: bool,
+    kv_dtype: KvDtype,
     cfg: ModelConfig,
     embed: Embedding,
     layers: Vec<Block>,
@@ -132,8 +133,18 @@ impl Backbone {
         let width = self.cfg.num_key_value_heads * self.cfg.head_dim;
         KvCache::new(
             self.cfg.num_hidden_layers,
-            self.host_path().then_some(width),
+            self.host_path().then_some((width, self.kv_dtype)),
         )
+    }
+
+    /// Element type of host KV caches.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
+
+    /// Changes the element type of host KV caches created from now on.
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.kv_dtype = dtype;
     }
 
     /// Runs the packed batch; returns, per input, the final-normed hidden states of the rows
@@ -294,8 +305,12 @@ impl Backbone {
         for (inp, &past) in inputs.iter().zip(pasts) {
             let t = inp.tokens.len();
             let (kk, vk, past) = match inp.cache.as_deref().map(|c| c.layer(layer)) {
-                Some(cache::LayerKv::Host(h)) => (&h.k[..], &h.v[..], past),
-                _ => (&kv[r0 * w..(r0 + t) * w], &vv[r0 * w..(r0 + t) * w], 0),
+                Some(cache::LayerKv::Host(h)) => ((&h.k).into(), (&h.v).into(), past),
+                _ => (
+                    host_attention::KvView::F32(&kv[r0 * w..(r0 + t) * w]),
+                    host_attention::KvView::F32(&vv[r0 * w..(r0 + t) * w]),
+                    0,
+                ),
             };
             seqs.push(host_attention::HostSeq {
                 row0: r0,
@@ -366,6 +381,10 @@ impl CausalLm {
 
     pub fn new_cache(&self) -> KvCache {
         self.backbone.new_cache()
+    }
+
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.backbone.set_kv_dtype(dtype);
     }
 
     /// Logits `[rows, vocab]` (f32) per input, for the rows each asked for.
