@@ -150,10 +150,18 @@ impl Backbone {
     /// Runs the packed batch; returns, per input, the final-normed hidden states of the rows
     /// it asked for (`[rows, hidden]`), or `None` for `OutputRows::None`.
     pub fn forward(&self, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
+        self.forward_rows(inputs)?.map_split(|h| Ok(h.clone()))
+    }
+
+    /// As `forward`, with the wanted rows left stacked so a head runs once for the batch.
+    pub fn forward_rows(&self, inputs: &mut [SeqInput<'_>]) -> Result<Rows> {
         let cfg = &self.cfg;
         let n: usize = inputs.iter().map(|i| i.tokens.len()).sum();
         if n == 0 {
-            return Ok(inputs.iter().map(|_| None).collect());
+            return Ok(Rows {
+                packed: None,
+                spans: inputs.iter().map(|_| None).collect(),
+            });
         }
         let mut ids = Vec::with_capacity(n);
         let mut pos = Vec::with_capacity(n);
@@ -252,19 +260,57 @@ impl Backbone {
             let g = candle_nn::ops::silu(&gu[0].contiguous()?)?;
             x = (x1 + layer.mlp.down.forward(&(g * &gu[1])?)?)?;
         }
-        let mut out = Vec::with_capacity(inputs.len());
+        // Gather every wanted row so the final norm (and the caller's head) run once.
+        let mut keep: Vec<u32> = Vec::new();
+        let mut spans = Vec::with_capacity(inputs.len());
         let mut r0 = 0;
         for inp in inputs.iter() {
             let t = inp.tokens.len();
             let rows = match inp.output {
-                OutputRows::None => None,
-                OutputRows::Last => Some(self.norm.forward(&x.narrow(0, r0 + t - 1, 1)?)?),
-                OutputRows::All => Some(self.norm.forward(&x.narrow(0, r0, t)?)?),
+                OutputRows::None => 0..0,
+                OutputRows::Last => r0 + t - 1..r0 + t,
+                OutputRows::All => r0..r0 + t,
             };
-            out.push(rows);
+            spans.push((inp.output != OutputRows::None).then_some((keep.len(), rows.len())));
+            keep.extend(rows.map(|r| r as u32));
             r0 += t;
         }
-        Ok(out)
+        if keep.is_empty() {
+            return Ok(Rows { packed: None, spans });
+        }
+        let packed = if keep.len() == n {
+            x
+        } else {
+            let len = keep.len();
+            x.index_select(&Tensor::from_vec(keep, len, &self.device)?, 0)?
+        };
+        Ok(Rows {
+            packed: Some(self.norm.forward(&packed)?),
+            spans,
+        })
+    }
+}
+
+/// Output rows of a packed forward: all wanted rows stacked, and each input's slice of them.
+pub struct Rows {
+    pub packed: Option<Tensor>,
+    pub spans: Vec<Option<(usize, usize)>>,
+}
+
+impl Rows {
+    /// Applies `f` (a head) once to the stacked rows, then splits per input.
+    pub fn map_split(self, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Vec<Option<Tensor>>> {
+        let Some(packed) = self.packed else {
+            return Ok(self.spans.iter().map(|_| None).collect());
+        };
+        let y = f(&packed)?;
+        self.spans
+            .into_iter()
+            .map(|s| match s {
+                None => Ok(None),
+                Some((off, len)) => Ok(Some(y.narrow(0, off, len)?)),
+            })
+            .collect()
     }
 }
 
@@ -389,15 +435,11 @@ impl CausalLm {
 
     /// Logits `[rows, vocab]` (f32) per input, for the rows each asked for.
     pub fn forward(&self, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
-        let hidden = self.backbone.forward(inputs)?;
-        hidden
-            .into_iter()
-            .map(|h| match h {
-                None => Ok(None),
-                Some(h) => Ok(Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)),
-            })
-            .collect()
+        self.backbone
+            .forward_rows(inputs)?
+            .map_split(|h| Ok(self.lm_head.forward(h)?.to_dtype(DType::F32)?))
     }
+
 }
 
 /// Per-token and end scores of one sequence.
@@ -446,15 +488,11 @@ impl ScoreModel {
 
     /// Raw scores `[rows, score_dim]` per input for the rows each asked for.
     pub fn forward(&self, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
-        let hidden = self.backbone.forward(inputs)?;
-        hidden
-            .into_iter()
-            .map(|h| match h {
-                None => Ok(None),
-                Some(h) => Ok(Some(self.head.forward(&h)?.to_dtype(DType::F32)?)),
-            })
-            .collect()
+        self.backbone
+            .forward_rows(inputs)?
+            .map_split(|h| Ok(self.head.forward(h)?.to_dtype(DType::F32)?))
     }
+
 
     /// Scores a batch of unpadded sequences in one packed pass.
     pub fn score(&self, seqs: &[Vec<u32>]) -> Result<Vec<ScoreOutput>> {
