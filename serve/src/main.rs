@@ -6,7 +6,11 @@ mod generate;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "safeloop-serve", version, about = "Serve a policy with safety gating (safeloop)")]
+#[command(
+    name = "safeloop-serve",
+    version,
+    about = "Serve a policy with safety gating (safeloop)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,8 +25,7 @@ enum Command {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -14,8 +14,10 @@ pub fn golden_dir(name: &str) -> PathBuf {
 
 pub fn golden_json(name: &str) -> serde_json::Value {
     let p = golden_dir(name).join("golden.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .expect("golden.json parses")
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .expect("golden.json parses")
 }
 
 /// Path of a workspace binary built with the same profile as the running test, built on
@@ -23,7 +25,10 @@ pub fn golden_json(name: &str) -> serde_json::Value {
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(|p| p.parent()).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target/<profile>");
     let path = profile_dir.join(name);
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

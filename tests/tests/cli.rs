@@ -14,16 +14,35 @@ fn generate_reproduces_golden_greedy_tokens() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     let out = Command::new(bin("safeloop-serve"))
-        .args(["generate", "--raw", "--json", "--ignore-eos", "--keep-special", "--max-tokens", "12", "--prompt", prompt])
+        .args([
+            "generate",
+            "--raw",
+            "--json",
+            "--ignore-eos",
+            "--keep-special",
+            "--max-tokens",
+            "12",
+            "--prompt",
+            prompt,
+        ])
         .arg("--model")
         .arg(golden_dir("llama-gqa"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let json_line = stdout.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(json_line).unwrap();
-    let got: Vec<u64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let got: Vec<u64> = v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(got, want);
     assert_eq!(v["finish_reason"], "length");
     assert_eq!(v["logprobs"].as_array().unwrap().len(), 12);
@@ -41,7 +60,14 @@ fn bad_model_path_and_bad_parameter_fail_with_a_clear_message() {
     assert!(!err.contains("panicked"), "{err}");
 
     let out = Command::new(bin("safeloop-serve"))
-        .args(["generate", "--temperature", "9", "--prompt", "hi", "--model"])
+        .args([
+            "generate",
+            "--temperature",
+            "9",
+            "--prompt",
+            "hi",
+            "--model",
+        ])
         .arg(golden_dir("llama-gqa"))
         .output()
         .unwrap();
@@ -58,7 +84,11 @@ fn train_inspect_reports_a_score_model() {
         .arg(golden_dir("llama-gqa-score"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["kind"], "score");
     assert_eq!(v["score_dim"], 1);

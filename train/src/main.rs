@@ -9,7 +9,11 @@ use safeloop_shared::{load_causal_lm, load_score_model, LoadOptions, ModelConfig
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "safeloop-train", version, about = "Safe RLHF training jobs (safeloop)")]
+#[command(
+    name = "safeloop-train",
+    version,
+    about = "Safe RLHF training jobs (safeloop)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

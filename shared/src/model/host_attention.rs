@@ -23,14 +23,27 @@ impl<'a> From<&'a HostBuf> for KvView<'a> {
 }
 
 impl KvView<'_> {
-    /// Elements `start..start+len` as f32 (converted into `buf` when stored as f16).
-    #[inline]
-    fn row<'b>(&'b self, start: usize, len: usize, buf: &'b mut [f32]) -> &'b [f32] {
+    /// Head `kvh`'s rows `lo..hi` as f32 `[hi-lo, d]` plus the row stride: a view of f32
+    /// storage, or f16 storage converted once into `buf`.
+    fn head_rows<'b>(
+        &'b self,
+        kvh: usize,
+        d: usize,
+        kvw: usize,
+        lo: usize,
+        hi: usize,
+        buf: &'b mut Vec<f32>,
+    ) -> (&'b [f32], usize) {
         match self {
-            KvView::F32(v) => &v[start..start + len],
+            KvView::F32(v) => (&v[lo * kvw + kvh * d..], kvw),
             KvView::F16(v) => {
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&v[start..start + len], &mut buf[..len]);
-                &buf[..len]
+                buf.clear();
+                buf.resize((hi - lo) * d, 0.0);
+                for (p, dst) in (lo..hi).zip(buf.chunks_exact_mut(d)) {
+                    let src = &v[p * kvw + kvh * d..p * kvw + (kvh + 1) * d];
+                    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+                }
+                (&buf[..], d)
             }
         }
     }
@@ -70,12 +83,12 @@ pub fn attend(q: &[f32], n: usize, seqs: &[HostSeq<'_>], s: &Shape) -> Vec<f32> 
     let items = seqs.len() * s.n_kv;
     let work = |range: std::ops::Range<usize>| {
         let ptr = &ptr;
-        let mut scores = Vec::new();
+        let mut scratch = Scratch::default();
         for item in range {
             let (si, kvh) = (item / s.n_kv, item % s.n_kv);
             // SAFETY: item (si, kvh) writes only rows of sequence si, columns of the query
             // heads served by kvh.
-            unsafe { kv_group(q, &seqs[si], s, kvh, ptr.0, &mut scores) };
+            unsafe { kv_group(q, &seqs[si], s, kvh, ptr.0, &mut scratch) };
         }
     };
     let flops: usize = seqs.iter().map(|q| q.t * (q.past + q.t)).sum::<usize>() * qw;
@@ -87,20 +100,41 @@ pub fn attend(q: &[f32], n: usize, seqs: &[HostSeq<'_>], s: &Shape) -> Vec<f32> 
     out
 }
 
+/// Per-thread buffers reused across work items.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
 unsafe fn kv_group(
     q: &[f32],
     seq: &HostSeq<'_>,
     s: &Shape,
     kvh: usize,
     out: *mut f32,
-    scores: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) {
     let d = s.head_dim;
     let qw = s.n_heads * d;
     let kvw = s.n_kv * d;
     let rep = s.n_heads / s.n_kv;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut buf = vec![0f32; d];
+    // Every key row any query of this chunk can see, as f32 with a row stride.
+    let first = s
+        .sliding_window
+        .map_or(0, |w| (seq.past + 1).saturating_sub(w));
+    let end = seq.past + seq.t;
+    let Scratch {
+        scores,
+        k: kbuf,
+        v: vbuf,
+    } = scratch;
+    let (keys, kstride) = seq.k.head_rows(kvh, d, kvw, first, end, kbuf);
+    let (vals, vstride) = seq.v.head_rows(kvh, d, kvw, first, end, vbuf);
+    let key = |pos: usize| &keys[(pos - first) * kstride..(pos - first) * kstride + d];
+    let val = |pos: usize| &vals[(pos - first) * vstride..(pos - first) * vstride + d];
     for t in 0..seq.t {
         let qi = seq.past + t;
         let lo = s.sliding_window.map_or(0, |w| (qi + 1).saturating_sub(w));
@@ -117,7 +151,7 @@ unsafe fn kv_group(
             {
                 continue;
             }
-            let krow = seq.k.row(pos * kvw + kvh * d, d, &mut buf);
+            let krow = key(pos);
             for r in 0..rep {
                 let h = kvh * rep + r;
                 scores[r * span + j] =
@@ -140,7 +174,7 @@ unsafe fn kv_group(
         }
         for j in 0..span {
             let pos = lo + j;
-            let vrow = seq.v.row(pos * kvw + kvh * d, d, &mut buf);
+            let vrow = val(pos);
             for r in 0..rep {
                 let p = scores[r * span + j];
                 if p == 0.0 {

@@ -276,7 +276,10 @@ impl Backbone {
             r0 += t;
         }
         if keep.is_empty() {
-            return Ok(Rows { packed: None, spans });
+            return Ok(Rows {
+                packed: None,
+                spans,
+            });
         }
         let packed = if keep.len() == n {
             x
@@ -299,7 +302,10 @@ pub struct Rows {
 
 impl Rows {
     /// Applies `f` (a head) once to the stacked rows, then splits per input.
-    pub fn map_split(self, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Vec<Option<Tensor>>> {
+    pub fn map_split(
+        self,
+        f: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Vec<Option<Tensor>>> {
         let Some(packed) = self.packed else {
             return Ok(self.spans.iter().map(|_| None).collect());
         };
@@ -439,7 +445,6 @@ impl CausalLm {
             .forward_rows(inputs)?
             .map_split(|h| Ok(self.lm_head.forward(h)?.to_dtype(DType::F32)?))
     }
-
 }
 
 /// Per-token and end scores of one sequence.
@@ -492,7 +497,6 @@ impl ScoreModel {
             .forward_rows(inputs)?
             .map_split(|h| Ok(self.head.forward(h)?.to_dtype(DType::F32)?))
     }
-
 
     /// Scores a batch of unpadded sequences in one packed pass.
     pub fn score(&self, seqs: &[Vec<u32>]) -> Result<Vec<ScoreOutput>> {
