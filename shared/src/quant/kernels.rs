@@ -84,6 +84,8 @@ pub fn scalar_row_times_acts(
     target_feature = "avx2",
     target_feature = "fma"
 ))]
+// Tiles index several arrays with the same lane number.
+#[allow(clippy::needless_range_loop)]
 mod avx {
     use super::*;
     use std::arch::x86_64::*;

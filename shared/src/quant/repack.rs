@@ -138,6 +138,8 @@ pub const AVAILABLE: bool = cfg!(all(
     target_feature = "f16c",
     target_feature = "fma"
 ))]
+// Tiles index several arrays with the same lane number.
+#[allow(clippy::needless_range_loop)]
 mod kernel {
     use super::*;
     use std::arch::x86_64::*;
