@@ -1,7 +1,19 @@
-//! safeloop-serve: serves the aligned policy. For now: `generate`, the batched engine on the
-//! command line; the OpenAI-compatible HTTP server is the next stage.
+//! safeloop-serve: an OpenAI-compatible batched server for the aligned policy.
+//!
+//! `safeloop-serve [--model PATH] [--host H] [--port N] [--api-key K] [--config FILE] ...`
+//! serves HTTP; `safeloop-serve generate ...` runs the engine from the command line.
 
+mod api;
+mod choices;
+mod config;
+mod engine_task;
+mod error;
 mod generate;
+mod metrics;
+mod routes;
+mod server;
+mod state;
+mod validate;
 
 use clap::{Parser, Subcommand};
 
@@ -9,17 +21,38 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "safeloop-serve",
     version,
-    about = "Serve a policy with safety gating (safeloop)"
+    about = "OpenAI-compatible serving of a policy with safety gating (safeloop)",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: config::ServeArgs,
+    /// Device: cpu, or cuda / cuda:N (needs a build with the `cuda` feature)
+    #[arg(long, env = "SAFELOOP_DEVICE", default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate from the command line with the batched engine.
     Generate(generate::GenerateArgs),
+}
+
+fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
+    match spec {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| anyhow::anyhow!("--device: bad GPU index in `{s}`"))?;
+            candle_core::Device::new_cuda(n)
+                .map_err(|e| anyhow::anyhow!("--device {s}: {e} (build with --features cuda)"))
+        }
+        other => anyhow::bail!("--device: `{other}` is not cpu, cuda or cuda:N"),
+    }
 }
 
 fn main() {
@@ -31,7 +64,17 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(a) => generate::run(a),
+        Some(Command::Generate(a)) => generate::run(a),
+        None => (|| {
+            let cfg = config::ServeConfig::resolve(cli.serve)?;
+            let dev = device(&cli.device)?;
+            safeloop_shared::runtime::init_cpu_threads();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(server::serve(cfg, dev))
+        })(),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

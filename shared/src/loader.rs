@@ -19,6 +19,8 @@ pub struct LoadOptions {
     /// safeloop's CPU kernels (quantized matmul, host KV cache and attention) where they
     /// apply; `false` runs candle's ops only, the path GPUs take.
     pub host_kernels: bool,
+    /// GGUF only: dequantize all weights to dense f32 at load (exact, ~4 bytes per weight).
+    pub dequantize: bool,
 }
 
 impl Default for LoadOptions {
@@ -28,6 +30,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             sha256: None,
             host_kernels: true,
+            dequantize: false,
         }
     }
 }
@@ -70,6 +73,7 @@ fn open(path: &Path, opts: &LoadOptions) -> Result<(ModelConfig, Source, Tokeniz
     } else {
         let mut weights = GgufWeights::open(path, &opts.device)?;
         weights.host_kernels = opts.host_kernels;
+        weights.dequantize = opts.dequantize;
         let cfg = config::from_gguf_metadata(&weights.content.metadata, path)?;
         let tokenizer = Tokenizer::from_gguf(&weights.content, path)?;
         Ok((cfg, Source::Gguf(weights), tokenizer))

@@ -110,6 +110,8 @@ impl Tokenizer {
             msg: format!("cannot build the tokenizer from metadata: {e}"),
         })?;
         let md = &content.metadata;
+        let mut inner = inner;
+        fix_gguf_pre_tokenizer(&mut inner, md)?;
         let id = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
         let tokens = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i));
         let template = md
@@ -225,6 +227,44 @@ impl Tokenizer {
         let text = self.apply_chat_template(messages, add_generation_prompt)?;
         self.encode(&text, false)
     }
+}
+
+/// candle gives every GPT-2-style GGUF vocabulary a byte-level pre-tokenizer that adds a
+/// prefix space, which llama.cpp and the HF originals do not (SmolLM2 would encode "The" as
+/// "ĠThe"). Rebuild it from the metadata: `tokenizer.ggml.add_space_prefix` (default false)
+/// and, for `pre = "smollm"`, single-digit splitting as in SmolLM2's tokenizer.json.
+fn fix_gguf_pre_tokenizer(
+    tok: &mut tokenizers::Tokenizer,
+    md: &std::collections::HashMap<String, gguf_file::Value>,
+) -> Result<()> {
+    use tokenizers::pre_tokenizers::{
+        byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
+    };
+    let model = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str);
+    if model != Some("gpt2") {
+        return Ok(());
+    }
+    let pre = md
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str)
+        .unwrap_or("default");
+    let add_space = md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
+    let byte_level = ByteLevel::new(add_space, true, true);
+    let pre_tok: PreTokenizerWrapper = match pre {
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "gpt2" | "default" | "gpt-2" => byte_level.into(),
+        // candle's pipelines for qwen2 / llama3 / smaug already match their originals.
+        _ => return Ok(()),
+    };
+    tok.with_pre_tokenizer(Some(pre_tok));
+    Ok(())
 }
 
 fn dedup(ids: &mut Vec<u32>) {

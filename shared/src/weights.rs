@@ -136,6 +136,8 @@ pub struct GgufWeights {
     pub device: Device,
     /// Use safeloop's CPU kernels for Q4_0/Q4_1/Q8_0 (otherwise candle's quantized matmul).
     pub host_kernels: bool,
+    /// Dequantize every tensor to dense f32 at load (exact arithmetic, 4 bytes per weight).
+    pub dequantize: bool,
 }
 
 impl GgufWeights {
@@ -150,6 +152,7 @@ impl GgufWeights {
             content,
             device: device.clone(),
             host_kernels: true,
+            dequantize: false,
         })
     }
 

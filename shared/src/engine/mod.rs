@@ -106,6 +106,7 @@ pub struct Engine<M: Model> {
     running: Vec<Sequence>,
     next_id: SeqId,
     stats: StepStats,
+    admitted: Vec<SeqId>,
 }
 
 /// Counters of the last step (for metrics and benchmarks).
@@ -126,6 +127,7 @@ impl<M: Model> Engine<M> {
             running: Vec::new(),
             next_id: 1,
             stats: StepStats::default(),
+            admitted: Vec::new(),
         }
     }
 
@@ -156,6 +158,20 @@ impl<M: Model> Engine<M> {
 
     pub fn last_step(&self) -> &StepStats {
         &self.stats
+    }
+
+    /// Requests that left the waiting queue for the running batch since the last call.
+    pub fn take_admitted(&mut self) -> Vec<SeqId> {
+        std::mem::take(&mut self.admitted)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Positions held in the KV caches of running sequences.
+    pub fn kv_cache_tokens(&self) -> usize {
+        self.running.iter().map(|s| s.cache.len()).sum()
     }
 
     /// KV cache bytes held by running sequences.
@@ -256,7 +272,10 @@ impl<M: Model> Engine<M> {
         self.waiting.retain(|s| !s.cancelled);
         while self.running.len() < self.cfg.max_running {
             match self.waiting.pop_front() {
-                Some(s) => self.running.push(s),
+                Some(s) => {
+                    self.admitted.push(s.id);
+                    self.running.push(s);
+                }
                 None => break,
             }
         }

@@ -13,6 +13,8 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     fn describe(&self) -> String;
     fn is_gguf(&self) -> bool;
+    /// Whether weights are held dense (not quantized).
+    fn is_dense(&self) -> bool;
     fn device(&self) -> Device;
     /// Compute dtype for activations.
     fn dtype(&self) -> DType;
@@ -31,6 +33,9 @@ impl WeightSource for SafetensorsWeights {
     }
     fn is_gguf(&self) -> bool {
         false
+    }
+    fn is_dense(&self) -> bool {
+        true
     }
     fn device(&self) -> Device {
         self.device.clone()
@@ -65,6 +70,9 @@ impl WeightSource for GgufWeights {
     fn is_gguf(&self) -> bool {
         true
     }
+    fn is_dense(&self) -> bool {
+        self.dequantize
+    }
     fn device(&self) -> Device {
         self.device.clone()
     }
@@ -78,13 +86,20 @@ impl WeightSource for GgufWeights {
         } else {
             None
         };
+        if self.dequantize {
+            return Ok(Linear::dense(w.dequantize(&self.device)?, b)?);
+        }
         Ok(Linear::quantized(w, b, self.host_kernels)?)
     }
     fn vector(&self, name: &str, len: usize) -> Result<candle_core::Tensor> {
         self.dense(name, &[len])
     }
     fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
-        Ok(Embedding::Quant(self.qtensor(name, &[vocab, hidden])?))
+        let q = self.qtensor(name, &[vocab, hidden])?;
+        if self.dequantize {
+            return Ok(Embedding::Dense(q.dequantize(&self.device)?));
+        }
+        Ok(Embedding::Quant(q))
     }
 }
 
@@ -145,7 +160,7 @@ pub(super) fn backbone(
         host_kernels,
         // Quantized models carry far more error than f16 keys/values add; dense f32 models
         // keep f32 caches (bit-for-bit parity with their full forward pass).
-        kv_dtype: if src.is_gguf() {
+        kv_dtype: if src.is_gguf() && src.dtype() == DType::F32 && !src.is_dense() {
             super::KvDtype::F16
         } else {
             super::KvDtype::F32

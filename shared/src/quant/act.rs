@@ -1,30 +1,72 @@
-//! Activations quantized to 8 bits per block of 32 (ggml's Q8_0/Q8_1 scheme).
+//! Activations quantized per block of 32 values: one int8 level (ggml's Q8 scheme), or two —
+//! the value and its quantized residual (`x ≈ d₁q₁ + d₂q₂`, about 15 bits), which keeps the
+//! integer kernels close to the exact product at ~2x the dot-product work.
 
 use super::BLOCK;
 
+/// Activation precision of the quantized matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActPrecision {
+    /// One int8 level, as llama.cpp and candle do.
+    Int8,
+    /// Int8 plus an int8 residual.
+    Int8x2,
+}
+
 /// `rows` activation rows, each `cols` values as i8 with one f32 scale per block, plus the
-/// block's integer sum times its scale (for the Q4_1 offset term).
+/// blocks' Σx (as `d·Σq` over the levels, for the Q4_1 offset term).
 pub struct ActQ8 {
     rows: usize,
     cols: usize,
     pub(crate) qs: Vec<i8>,
     pub(crate) d: Vec<f32>,
     pub(crate) sd: Vec<f32>,
+    /// Residual level (Int8x2).
+    pub(crate) qs2: Option<Vec<i8>>,
+    pub(crate) d2: Vec<f32>,
 }
 
 impl ActQ8 {
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
+        Self::quantize_with(x, rows, cols, ActPrecision::Int8)
+    }
+
+    pub fn quantize_with(x: &[f32], rows: usize, cols: usize, precision: ActPrecision) -> Self {
         assert_eq!(x.len(), rows * cols);
         assert_eq!(cols % BLOCK, 0);
         let nb = rows * cols / BLOCK;
+        let two = precision == ActPrecision::Int8x2;
         let mut qs = vec![0i8; rows * cols];
+        let mut qs2 = if two {
+            vec![0i8; rows * cols]
+        } else {
+            Vec::new()
+        };
         let mut d = Vec::with_capacity(nb);
+        let mut d2 = Vec::with_capacity(if two { nb } else { 0 });
         let mut sd = Vec::with_capacity(nb);
-        for (xb, qb) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
-            let (scale, sum) =
-                quantize_block(xb.try_into().expect("block"), qb.try_into().expect("block"));
+        let mut resid = [0f32; BLOCK];
+        for (b, (xb, qb)) in x
+            .chunks_exact(BLOCK)
+            .zip(qs.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let xb: &[f32; BLOCK] = xb.try_into().expect("block");
+            let (scale, sum) = quantize_block(xb, qb.try_into().expect("block"));
             d.push(scale);
-            sd.push(scale * sum as f32);
+            let mut s = scale * sum as f32;
+            if two {
+                for j in 0..BLOCK {
+                    resid[j] = xb[j] - scale * qb[j] as f32;
+                }
+                let q2: &mut [i8; BLOCK] = (&mut qs2[b * BLOCK..(b + 1) * BLOCK])
+                    .try_into()
+                    .expect("block");
+                let (scale2, sum2) = quantize_block(&resid, q2);
+                d2.push(scale2);
+                s += scale2 * sum2 as f32;
+            }
+            sd.push(s);
         }
         Self {
             rows,
@@ -32,6 +74,8 @@ impl ActQ8 {
             qs,
             d,
             sd,
+            qs2: two.then_some(qs2),
+            d2,
         }
     }
 

@@ -73,7 +73,31 @@ pub fn scalar_row_times_acts(
                     (s, f16_at(blk, 0), 0.0)
                 }
             };
-            acc += dw * da * dot as f32 + m * act.sd[b * nb + k];
+            let mut level = da * dot as f32;
+            if let Some(qs2) = &act.qs2 {
+                let a2 = &qs2[(b * nb + k) * BLOCK..(b * nb + k + 1) * BLOCK];
+                let dot2: i32 = match format {
+                    WeightFormat::Q4_1 => (0..16)
+                        .map(|j| {
+                            (blk[4 + j] & 0x0F) as i32 * a2[j] as i32
+                                + (blk[4 + j] >> 4) as i32 * a2[j + 16] as i32
+                        })
+                        .sum(),
+                    WeightFormat::Q4_0 => (0..16)
+                        .map(|j| {
+                            ((blk[2 + j] & 0x0F) as i32 - 8) * a2[j] as i32
+                                + ((blk[2 + j] >> 4) as i32 - 8) * a2[j + 16] as i32
+                        })
+                        .sum(),
+                    WeightFormat::Q8_0 => blk[2..34]
+                        .iter()
+                        .zip(a2)
+                        .map(|(&q, &x)| q as i8 as i32 * x as i32)
+                        .sum(),
+                };
+                level += act.d2[b * nb + k] * dot2 as f32;
+            }
+            acc += dw * level + m * act.sd[b * nb + k];
         }
         *out = acc;
     }
@@ -156,6 +180,7 @@ mod avx {
         let bb = format.block_bytes();
         let wp = w.as_ptr();
         let qs = act.qs.as_ptr();
+        let qs2 = act.qs2.as_ref().map_or(std::ptr::null(), |q| q.as_ptr());
         let mut acc = [_mm256_setzero_ps(); T];
         let mut macc = [0f32; T];
         for k in 0..nb {
@@ -169,6 +194,15 @@ mod avx {
                         let ab = (b0 + i) * nb + k;
                         let a = _mm256_loadu_si256(qs.add(ab * BLOCK) as *const __m256i);
                         let p = _mm256_cvtepi32_ps(dot_u8_i8(wv, a));
+                        if !qs2.is_null() {
+                            let a2 = _mm256_loadu_si256(qs2.add(ab * BLOCK) as *const __m256i);
+                            let p2 = _mm256_cvtepi32_ps(dot_u8_i8(wv, a2));
+                            acc[i] = _mm256_fmadd_ps(
+                                p2,
+                                _mm256_set1_ps(dw * *act.d2.get_unchecked(ab)),
+                                acc[i],
+                            );
+                        }
                         acc[i] = _mm256_fmadd_ps(
                             p,
                             _mm256_set1_ps(dw * *act.d.get_unchecked(ab)),
@@ -189,6 +223,15 @@ mod avx {
                         let ab = (b0 + i) * nb + k;
                         let a = _mm256_loadu_si256(qs.add(ab * BLOCK) as *const __m256i);
                         let p = _mm256_cvtepi32_ps(dot_u8_i8(wabs, _mm256_sign_epi8(a, wv)));
+                        if !qs2.is_null() {
+                            let a2 = _mm256_loadu_si256(qs2.add(ab * BLOCK) as *const __m256i);
+                            let p2 = _mm256_cvtepi32_ps(dot_u8_i8(wabs, _mm256_sign_epi8(a2, wv)));
+                            acc[i] = _mm256_fmadd_ps(
+                                p2,
+                                _mm256_set1_ps(dw * *act.d2.get_unchecked(ab)),
+                                acc[i],
+                            );
+                        }
                         acc[i] = _mm256_fmadd_ps(
                             p,
                             _mm256_set1_ps(dw * *act.d.get_unchecked(ab)),

@@ -10,7 +10,7 @@ mod act;
 pub mod kernels;
 mod repack;
 
-pub use act::ActQ8;
+pub use act::{ActPrecision, ActQ8};
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -56,6 +56,7 @@ pub struct QuantMatrix {
     data: Vec<u8>,
     /// Row-interleaved copy for the VNNI kernel, when this build has it.
     repacked: Option<repack::Repacked>,
+    precision: ActPrecision,
 }
 
 impl QuantMatrix {
@@ -98,6 +99,7 @@ impl QuantMatrix {
             // The repacked copy is all the kernel reads; keep the ggml blocks only without it.
             data: if repacked.is_some() { Vec::new() } else { data },
             repacked,
+            precision: ActPrecision::Int8x2,
         }
     }
 
@@ -142,11 +144,21 @@ impl QuantMatrix {
             cols: first.cols,
             data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
             repacked,
+            precision: first.precision,
         })
     }
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Activation precision used by `matmul` (default: `Int8x2`).
+    pub fn precision(&self) -> ActPrecision {
+        self.precision
+    }
+
+    pub fn set_precision(&mut self, p: ActPrecision) {
+        self.precision = p;
     }
 
     pub fn cols(&self) -> usize {
@@ -167,7 +179,7 @@ impl QuantMatrix {
 
     /// `x` `[n, cols]` (f32) → `[n, rows]`.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let act = ActQ8::quantize(x, n, self.cols);
+        let act = ActQ8::quantize_with(x, n, self.cols, self.precision);
         self.matmul_q8(&act)
     }
 
@@ -278,9 +290,9 @@ impl QuantMatrix {
         }
     }
 
-    /// The portable reference: per block `d_w·d_a·Σ q·a + m·d_a·Σ a` in plain Rust.
+    /// The portable reference: per block `d_w·Σ_levels d_a·Σ q·a + m·Σx` in plain Rust.
     pub fn matmul_scalar(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let act = ActQ8::quantize(x, n, self.cols);
+        let act = ActQ8::quantize_with(x, n, self.cols, self.precision);
         let nb = self.cols / BLOCK;
         let mut out = vec![0f32; n * self.rows];
         for r in 0..self.rows {
@@ -288,9 +300,18 @@ impl QuantMatrix {
                 let mut acc = 0f32;
                 for k in 0..nb {
                     let (q, d, m) = self.block(r, k);
-                    let a = &act.qs[(b * nb + k) * BLOCK..(b * nb + k + 1) * BLOCK];
-                    let dot: i32 = q.iter().zip(a).map(|(&w, &x)| w as i32 * x as i32).sum();
-                    acc += d * act.d[b * nb + k] * dot as f32 + m * act.sd[b * nb + k];
+                    let blk = (b * nb + k) * BLOCK..(b * nb + k + 1) * BLOCK;
+                    let dot = |a: &[i8]| -> f32 {
+                        q.iter()
+                            .zip(a)
+                            .map(|(&w, &x)| w as i32 * x as i32)
+                            .sum::<i32>() as f32
+                    };
+                    let mut s = act.d[b * nb + k] * dot(&act.qs[blk.clone()]);
+                    if let Some(qs2) = &act.qs2 {
+                        s += act.d2[b * nb + k] * dot(&qs2[blk]);
+                    }
+                    acc += d * s + m * act.sd[b * nb + k];
                 }
                 out[b * self.rows + r] = acc;
             }

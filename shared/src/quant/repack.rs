@@ -111,11 +111,15 @@ impl Repacked {
         let mut b0 = 0;
         while b0 < n {
             let t = (n - b0).min(4);
-            match t {
-                4 => kernel::tile::<4>(self, g, act, b0, rows, out),
-                3 => kernel::tile::<3>(self, g, act, b0, rows, out),
-                2 => kernel::tile::<2>(self, g, act, b0, rows, out),
-                _ => kernel::tile::<1>(self, g, act, b0, rows, out),
+            match (t, act.qs2.is_some()) {
+                (4, false) => kernel::tile::<4, false>(self, g, act, b0, rows, out),
+                (3, false) => kernel::tile::<3, false>(self, g, act, b0, rows, out),
+                (2, false) => kernel::tile::<2, false>(self, g, act, b0, rows, out),
+                (_, false) => kernel::tile::<1, false>(self, g, act, b0, rows, out),
+                (4, true) => kernel::tile::<4, true>(self, g, act, b0, rows, out),
+                (3, true) => kernel::tile::<3, true>(self, g, act, b0, rows, out),
+                (2, true) => kernel::tile::<2, true>(self, g, act, b0, rows, out),
+                (_, true) => kernel::tile::<1, true>(self, g, act, b0, rows, out),
             }
             b0 += t;
         }
@@ -150,7 +154,7 @@ mod kernel {
     }
 
     #[inline(always)]
-    pub unsafe fn tile<const T: usize>(
+    pub unsafe fn tile<const T: usize, const TWO: bool>(
         w: &Repacked,
         g: usize,
         act: &ActQ8,
@@ -162,6 +166,7 @@ mod kernel {
         let gbb = Repacked::group_block_bytes(w.bits8);
         let base = w.data.as_ptr().add(g * nb * gbb);
         let qs = act.qs.as_ptr();
+        let qs2 = act.qs2.as_ref().map_or(std::ptr::null(), |q| q.as_ptr());
         let mut acc = [_mm512_setzero_ps(); T];
         let low = _mm512_set1_epi8(0x0F);
         for k in 0..nb {
@@ -194,6 +199,18 @@ mod kernel {
                 let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
                 let da = _mm512_set1_ps(*act.d.get_unchecked(ab));
                 acc[i] = _mm512_fmadd_ps(s, _mm512_mul_ps(d, da), acc[i]);
+                if TWO {
+                    let a2 = qs2.add(ab * BLOCK);
+                    let mut r0 = _mm512_setzero_si512();
+                    let mut r1 = _mm512_setzero_si512();
+                    for v in (0..8).step_by(2) {
+                        r0 = _mm512_dpbusd_epi32(r0, wv[v], bcast(a2, v));
+                        r1 = _mm512_dpbusd_epi32(r1, wv[v + 1], bcast(a2, v + 1));
+                    }
+                    let r = _mm512_cvtepi32_ps(_mm512_add_epi32(r0, r1));
+                    let da2 = _mm512_set1_ps(*act.d2.get_unchecked(ab));
+                    acc[i] = _mm512_fmadd_ps(r, _mm512_mul_ps(d, da2), acc[i]);
+                }
                 acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(*act.sd.get_unchecked(ab)), acc[i]);
             }
         }
@@ -221,7 +238,7 @@ mod kernel {
 )))]
 mod kernel {
     use super::*;
-    pub unsafe fn tile<const T: usize>(
+    pub unsafe fn tile<const T: usize, const TWO: bool>(
         _: &Repacked,
         _: usize,
         _: &ActQ8,

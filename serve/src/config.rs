@@ -1,0 +1,146 @@
+//! Server configuration: command-line flags, then `SAFELOOP_*` environment variables, then a
+//! TOML file (`--config`), then defaults — in that order of precedence.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Every knob of the server. Each is also an environment variable and a key of the config
+/// file (the same name with underscores, e.g. `max_running = 32`).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// HF model directory or .gguf file [default: the pinned SmolLM2-135M-Instruct]
+    #[arg(long, env = "SAFELOOP_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Name clients use in `model` [default: the model file or directory name]
+    #[arg(long, env = "SAFELOOP_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long, env = "SAFELOOP_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free one) [default: 8000]
+    #[arg(long, env = "SAFELOOP_PORT")]
+    pub port: Option<u16>,
+    /// Require `Authorization: Bearer <key>` on /v1 routes
+    #[arg(long, env = "SAFELOOP_API_KEY")]
+    pub api_key: Option<String>,
+    /// TOML file with any of these settings
+    #[arg(long, env = "SAFELOOP_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Sequences decoding at once [default: 32]
+    #[arg(long, env = "SAFELOOP_MAX_RUNNING")]
+    pub max_running: Option<usize>,
+    /// Requests allowed to wait for a slot before 429 [default: 256]
+    #[arg(long, env = "SAFELOOP_MAX_QUEUED")]
+    pub max_queued: Option<usize>,
+    /// Tokens per engine step (decodes first, then prefill chunks) [default: 512]
+    #[arg(long, env = "SAFELOOP_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// Longest accepted prompt in tokens [default: the context length]
+    #[arg(long, env = "SAFELOOP_MAX_PROMPT_TOKENS")]
+    pub max_prompt_tokens: Option<usize>,
+    /// Prompt + completion cap per sequence [default: the context length]
+    #[arg(long, env = "SAFELOOP_MAX_TOTAL_TOKENS")]
+    pub max_total_tokens: Option<usize>,
+    /// Largest `n` accepted [default: 8]
+    #[arg(long, env = "SAFELOOP_MAX_N")]
+    pub max_n: Option<u32>,
+    /// Request body limit in bytes [default: 4194304]
+    #[arg(long, env = "SAFELOOP_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Seconds before a non-streaming request gives up with 408 [default: 600]
+    #[arg(long, env = "SAFELOOP_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<u64>,
+    /// Seconds between SSE keep-alive comments while a stream waits [default: 10]
+    #[arg(long, env = "SAFELOOP_KEEP_ALIVE")]
+    pub keep_alive: Option<u64>,
+    /// Seconds graceful shutdown waits for in-flight requests [default: 30]
+    #[arg(long, env = "SAFELOOP_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model: PathBuf,
+    pub default_model: bool,
+    pub served_model_name: String,
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    pub max_running: usize,
+    pub max_queued: usize,
+    pub max_batch_tokens: usize,
+    pub max_prompt_tokens: Option<usize>,
+    pub max_total_tokens: Option<usize>,
+    pub max_n: u32,
+    pub max_body_bytes: usize,
+    pub request_timeout: u64,
+    pub keep_alive: u64,
+    pub shutdown_grace: u64,
+}
+
+fn read_file(path: &Path) -> Result<ServeArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
+}
+
+impl ServeConfig {
+    pub fn resolve(args: ServeArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => ServeArgs::default(),
+        };
+        // Flags and env (clap) win over the file.
+        macro_rules! pick {
+            ($f:ident) => {
+                args.$f.clone().or(file.$f.clone())
+            };
+        }
+        let default_model = pick!(model).is_none();
+        let model = pick!(model).unwrap_or_else(safeloop_shared::assets::default_model_path);
+        let served_model_name = pick!(served_model_name).unwrap_or_else(|| {
+            if default_model {
+                "SmolLM2-135M-Instruct".to_string()
+            } else {
+                model
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into())
+            }
+        });
+        let cfg = Self {
+            model,
+            default_model,
+            served_model_name,
+            host: pick!(host).unwrap_or_else(|| "127.0.0.1".into()),
+            port: pick!(port).unwrap_or(8000),
+            api_key: pick!(api_key).filter(|k| !k.is_empty()),
+            max_running: pick!(max_running).unwrap_or(32),
+            max_queued: pick!(max_queued).unwrap_or(256),
+            max_batch_tokens: pick!(max_batch_tokens).unwrap_or(512),
+            max_prompt_tokens: pick!(max_prompt_tokens),
+            max_total_tokens: pick!(max_total_tokens),
+            max_n: pick!(max_n).unwrap_or(8),
+            max_body_bytes: pick!(max_body_bytes).unwrap_or(4 << 20),
+            request_timeout: pick!(request_timeout).unwrap_or(600),
+            keep_alive: pick!(keep_alive).unwrap_or(10),
+            shutdown_grace: pick!(shutdown_grace).unwrap_or(30),
+        };
+        for (name, v) in [
+            ("max_running", cfg.max_running),
+            ("max_batch_tokens", cfg.max_batch_tokens),
+            ("max_body_bytes", cfg.max_body_bytes),
+            ("max_n", cfg.max_n as usize),
+        ] {
+            if v == 0 {
+                anyhow::bail!("--{}: must be at least 1", name.replace('_', "-"));
+            }
+        }
+        Ok(cfg)
+    }
+}

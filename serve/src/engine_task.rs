@@ -1,0 +1,215 @@
+//! The engine runs on its own OS thread; HTTP handlers talk to it through channels. Each
+//! sequence's updates go to its own channel: when the client goes away the receiver is
+//! dropped, and the sequence is cancelled (its KV cache freed) at the next engine step.
+
+use crate::metrics::Metrics;
+use safeloop_shared::engine::{Engine, EngineConfig, SamplingParams, SeqId, SeqUpdate};
+use safeloop_shared::model::CausalLm;
+use safeloop_shared::Tokenizer;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+pub enum SeqEvent {
+    Update(SeqUpdate),
+    /// The engine failed; the request cannot finish.
+    Failed(String),
+}
+
+enum Command {
+    Submit {
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        events: mpsc::UnboundedSender<SeqEvent>,
+        reply: oneshot::Sender<safeloop_shared::Result<SeqId>>,
+    },
+}
+
+/// A handle to the engine thread (cheap to clone).
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub max_context: usize,
+    /// Sequences submitted and not yet finished (queued + running).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A submitted sequence: its update stream. Dropping it cancels the sequence.
+pub struct SeqStream {
+    pub events: mpsc::UnboundedReceiver<SeqEvent>,
+}
+
+impl EngineHandle {
+    pub fn start(
+        model: CausalLm,
+        tokenizer: Tokenizer,
+        cfg: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let tokenizer = Arc::new(tokenizer);
+        let max_context = {
+            let m = model.config().max_position_embeddings;
+            cfg.max_context.map_or(m, |c| c.min(m))
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let engine = Engine::new(model, tokenizer.clone(), cfg);
+        let counter = in_flight.clone();
+        std::thread::Builder::new()
+            .name("safeloop-engine".into())
+            .spawn(move || run(engine, rx, metrics, counter))
+            .expect("spawn the engine thread");
+        Self {
+            tx,
+            tokenizer,
+            max_context,
+            in_flight,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Submits one sequence; validation errors (context length, parameters) come back here.
+    pub async fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> safeloop_shared::Result<SeqStream> {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (reply_tx, reply) = oneshot::channel();
+        let cmd = Command::Submit {
+            prompt,
+            params,
+            events: events_tx,
+            reply: reply_tx,
+        };
+        let stopped = || safeloop_shared::Error::invalid("", "the engine has stopped");
+        self.tx.send(cmd).map_err(|_| stopped())?;
+        reply.await.map_err(|_| stopped())??;
+        Ok(SeqStream { events })
+    }
+}
+
+struct Live {
+    events: mpsc::UnboundedSender<SeqEvent>,
+    submitted: Instant,
+}
+
+fn run(
+    mut engine: Engine<CausalLm>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<AtomicUsize>,
+) {
+    let mut live: HashMap<SeqId, Live> = HashMap::new();
+    let handle =
+        |engine: &mut Engine<CausalLm>, live: &mut HashMap<SeqId, Live>, cmd: Command| match cmd {
+            Command::Submit {
+                prompt,
+                params,
+                events,
+                reply,
+            } => {
+                let n_prompt = prompt.len();
+                let r = engine.add_request(prompt, params);
+                if let Ok(id) = &r {
+                    metrics.prompt_tokens.inc_by(n_prompt as u64);
+                    in_flight.fetch_add(1, Ordering::Relaxed);
+                    live.insert(
+                        *id,
+                        Live {
+                            events,
+                            submitted: Instant::now(),
+                        },
+                    );
+                }
+                let _ = reply.send(r);
+            }
+        };
+    loop {
+        // Take every pending command; sleep only when there is nothing to do.
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => handle(&mut engine, &mut live, cmd),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+        if !engine.has_work() {
+            match rx.blocking_recv() {
+                Some(cmd) => {
+                    handle(&mut engine, &mut live, cmd);
+                    continue;
+                }
+                None => return,
+            }
+        }
+        // Clients that went away: cancel before spending a step on them.
+        for (id, l) in &live {
+            if l.events.is_closed() {
+                engine.cancel(*id);
+            }
+        }
+        let result = engine.step();
+        for id in engine.take_admitted() {
+            if let Some(l) = live.get(&id) {
+                metrics
+                    .queue_time
+                    .observe(l.submitted.elapsed().as_secs_f64());
+            }
+        }
+        let stats = engine.last_step().clone();
+        metrics.batch_size.observe(stats.batch_size as f64);
+        if stats.decode_tokens > 0 {
+            metrics
+                .step_tokens
+                .with_label_values(&["decode"])
+                .observe(stats.decode_tokens as f64);
+        }
+        if stats.prefill_tokens > 0 {
+            metrics
+                .step_tokens
+                .with_label_values(&["prefill"])
+                .observe(stats.prefill_tokens as f64);
+        }
+        match result {
+            Ok(updates) => {
+                for u in updates {
+                    if u.token.is_some() {
+                        metrics.generation_tokens.inc();
+                    }
+                    let done = u.finished.is_some();
+                    let id = u.id;
+                    if let Some(l) = live.get(&id) {
+                        if l.events.send(SeqEvent::Update(u)).is_err() && !done {
+                            engine.cancel(id);
+                        }
+                    }
+                    if done && live.remove(&id).is_some() {
+                        in_flight.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => {
+                // Not caused by one request (inputs are validated on submit): fail everything
+                // in flight and carry on with an empty engine.
+                tracing::error!("engine step failed: {e}");
+                for (id, l) in live.drain() {
+                    let _ = l.events.send(SeqEvent::Failed(e.to_string()));
+                    engine.cancel(id);
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                }
+                let _ = engine.step();
+            }
+        }
+        metrics.running.set(engine.num_running() as i64);
+        metrics.waiting.set(engine.num_waiting() as i64);
+        metrics.kv_cache_tokens.set(engine.kv_cache_tokens() as i64);
+        metrics.kv_cache_bytes.set(engine.kv_cache_bytes() as i64);
+    }
+}

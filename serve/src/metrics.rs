@@ -1,0 +1,164 @@
+//! Prometheus metrics (`safeloop_` prefix), served at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+    pub queue_time: Histogram,
+    pub prompt_tokens: IntCounter,
+    pub generation_tokens: IntCounter,
+    pub running: IntGauge,
+    pub waiting: IntGauge,
+    pub batch_size: Histogram,
+    pub step_tokens: HistogramVec,
+    pub kv_cache_tokens: IntGauge,
+    pub kv_cache_bytes: IntGauge,
+    pub model_info: IntGaugeVec,
+    pub disconnects: IntCounter,
+}
+
+fn secs(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let lat = vec![
+            0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ];
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "safeloop_requests_total",
+                    "HTTP requests by route and status",
+                ),
+                &["route", "status"],
+            )
+            .expect("valid"),
+            ttft: secs(
+                "safeloop_time_to_first_token_seconds",
+                "Time to first token",
+                lat.clone(),
+            ),
+            itl: secs(
+                "safeloop_inter_token_latency_seconds",
+                "Time between consecutive output tokens of a choice",
+                vec![
+                    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
+                ],
+            ),
+            e2e: secs(
+                "safeloop_e2e_request_latency_seconds",
+                "Request latency, arrival to last token",
+                {
+                    let mut b = lat.clone();
+                    b.extend([60.0, 120.0, 300.0]);
+                    b
+                },
+            ),
+            queue_time: secs(
+                "safeloop_queue_time_seconds",
+                "Time from submission until a sequence joins the running batch",
+                lat,
+            ),
+            prompt_tokens: IntCounter::new(
+                "safeloop_prompt_tokens_total",
+                "Prompt tokens processed",
+            )
+            .expect("valid"),
+            generation_tokens: IntCounter::new(
+                "safeloop_generation_tokens_total",
+                "Tokens generated",
+            )
+            .expect("valid"),
+            running: IntGauge::new(
+                "safeloop_sequences_running",
+                "Sequences in the running batch",
+            )
+            .expect("valid"),
+            waiting: IntGauge::new("safeloop_sequences_waiting", "Sequences waiting for a slot")
+                .expect("valid"),
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("safeloop_batch_size", "Sequences per engine step")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            )
+            .expect("valid"),
+            step_tokens: HistogramVec::new(
+                HistogramOpts::new("safeloop_step_tokens", "Tokens per engine step by phase")
+                    .buckets(vec![
+                        1.0, 4.0, 16.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+                    ]),
+                &["phase"],
+            )
+            .expect("valid"),
+            kv_cache_tokens: IntGauge::new(
+                "safeloop_kv_cache_tokens",
+                "Positions held in the KV caches of running sequences",
+            )
+            .expect("valid"),
+            kv_cache_bytes: IntGauge::new(
+                "safeloop_kv_cache_bytes",
+                "Bytes allocated for KV caches",
+            )
+            .expect("valid"),
+            model_info: IntGaugeVec::new(
+                Opts::new(
+                    "safeloop_model_info",
+                    "The served model and weight version (value 1)",
+                ),
+                &["model", "version", "path"],
+            )
+            .expect("valid"),
+            disconnects: IntCounter::new(
+                "safeloop_client_disconnects_total",
+                "Requests whose client went away before the end",
+            )
+            .expect("valid"),
+            registry: Registry::new(),
+        };
+        let r = &m.registry;
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.ttft.clone()),
+            Box::new(m.itl.clone()),
+            Box::new(m.e2e.clone()),
+            Box::new(m.queue_time.clone()),
+            Box::new(m.prompt_tokens.clone()),
+            Box::new(m.generation_tokens.clone()),
+            Box::new(m.running.clone()),
+            Box::new(m.waiting.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.step_tokens.clone()),
+            Box::new(m.kv_cache_tokens.clone()),
+            Box::new(m.kv_cache_bytes.clone()),
+            Box::new(m.model_info.clone()),
+            Box::new(m.disconnects.clone()),
+        ];
+        for c in all {
+            r.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,249 @@
+//! `POST /v1/chat/completions`.
+
+use super::{admit, json_event, seeded, sse, token_text};
+use crate::api::*;
+use crate::choices::{self, finish_reason, random_id, Timer};
+use crate::engine_task::SeqEvent;
+use crate::error::ApiError;
+use crate::state::{unix_now, Shared};
+use crate::validate::{chat_prompt, check_lengths, sampling, ApiJson};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use safeloop_shared::engine::SampledToken;
+use safeloop_shared::Tokenizer;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+fn logprobs(tok: &Tokenizer, tokens: &[SampledToken]) -> ChatLogprobs {
+    ChatLogprobs {
+        content: tokens
+            .iter()
+            .map(|t| {
+                let token = token_text(tok, t.id);
+                TokenLogprob {
+                    bytes: token.as_bytes().to_vec(),
+                    token,
+                    logprob: t.logprob,
+                    top_logprobs: t
+                        .top
+                        .iter()
+                        .map(|&(id, lp)| {
+                            let token = token_text(tok, id);
+                            TopLogprob {
+                                bytes: token.as_bytes().to_vec(),
+                                token,
+                                logprob: lp,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Creates a chat completion (OpenAI-compatible).
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "A completion, or an SSE stream of chunks when `stream` is true", body = ChatCompletion),
+        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse),
+        (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+pub async fn chat_completions(
+    State(st): State<Shared>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Response {
+    match handle(st, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(st: Shared, req: ChatCompletionRequest) -> Result<Response, ApiError> {
+    let engine = st.engine()?.clone();
+    st.check_model(&req.model)?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::bad_request(
+            "tools",
+            "tool calling is not supported",
+        ));
+    }
+    if let Some(rf) = &req.response_format {
+        if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(ApiError::bad_request(
+                "response_format",
+                "only `{\"type\": \"text\"}` is supported",
+            ));
+        }
+    }
+    let top = req.top_logprobs.unwrap_or(0);
+    if top > 0 && !req.logprobs {
+        return Err(ApiError::bad_request(
+            "top_logprobs",
+            "`top_logprobs` requires `logprobs: true`",
+        ));
+    }
+    let max = req.max_completion_tokens.or(req.sampling.max_tokens);
+    let s = sampling(&req.sampling, max, top, req.logprobs, &st)?;
+    let mut params = s.params;
+    let prompt = chat_prompt(&req.messages, &engine.tokenizer)?;
+    check_lengths(
+        prompt.len(),
+        &mut params,
+        &st,
+        engine.max_context,
+        "messages",
+    )?;
+    admit(&st, engine.in_flight(), s.n as usize)?;
+    let prompt_tokens = prompt.len() as u32;
+    let jobs = (0..s.n)
+        .map(|i| (prompt.clone(), seeded(&params, i)))
+        .collect();
+    let timer = Timer::new(st.metrics.clone());
+    let streams = choices::submit_all(&engine, jobs).await?;
+    let id = random_id("chatcmpl");
+    let created = unix_now();
+    let model = st.cfg.served_model_name.clone();
+    let fingerprint = st.fingerprint();
+    let tok = engine.tokenizer.clone();
+
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let n = s.n as usize;
+        let want_lp = req.logprobs;
+        let (tx, rx) = mpsc::channel(64);
+        let metrics = st.metrics.clone();
+        tokio::spawn(async move {
+            let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+                id: id.clone(),
+                object: "chat.completion.chunk".into(),
+                created,
+                model: model.clone(),
+                system_fingerprint: fingerprint.clone(),
+                choices,
+                usage,
+            };
+            for i in 0..n {
+                let c = chunk(
+                    vec![ChunkChoice {
+                        index: i as u32,
+                        delta: Delta {
+                            role: Some("assistant".into()),
+                            content: Some(String::new()),
+                        },
+                        finish_reason: None,
+                        logprobs: None,
+                    }],
+                    None,
+                );
+                if tx.send(json_event(&c)).await.is_err() {
+                    metrics.disconnects.inc();
+                    return;
+                }
+            }
+            let mut merged = Box::pin(choices::merge(streams, timer.clone()));
+            let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; n];
+            let (mut done, mut completion_tokens) = (0, 0u32);
+            while done < n {
+                let next = tokio::select! {
+                    ev = merged.next() => ev,
+                    _ = tx.closed() => {
+                        metrics.disconnects.inc();
+                        return; // dropping `merged` cancels the sequences
+                    }
+                };
+                let Some((i, ev)) = next else { break };
+                let u = match ev {
+                    SeqEvent::Failed(msg) => {
+                        let e = ApiError::internal(format!("generation failed: {msg}"));
+                        let _ = tx.send(json_event(&e.body())).await;
+                        return;
+                    }
+                    SeqEvent::Update(u) => u,
+                };
+                if let Some(t) = u.token {
+                    completion_tokens += 1;
+                    if want_lp {
+                        pending[i].push(t);
+                    }
+                }
+                if u.text.is_empty() && u.finished.is_none() {
+                    continue;
+                }
+                let lp = (want_lp && !pending[i].is_empty())
+                    .then(|| logprobs(&tok, &std::mem::take(&mut pending[i])));
+                let c = chunk(
+                    vec![ChunkChoice {
+                        index: i as u32,
+                        delta: Delta {
+                            role: None,
+                            content: (!u.text.is_empty()).then_some(u.text),
+                        },
+                        finish_reason: u.finished.map(finish_reason),
+                        logprobs: lp,
+                    }],
+                    None,
+                );
+                if u.finished.is_some() {
+                    done += 1;
+                }
+                if tx.send(json_event(&c)).await.is_err() {
+                    metrics.disconnects.inc();
+                    return;
+                }
+            }
+            if include_usage {
+                let usage = Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens: prompt_tokens + completion_tokens,
+                };
+                let _ = tx.send(json_event(&chunk(vec![], Some(usage)))).await;
+            }
+            let _ = tx
+                .send(axum::response::sse::Event::default().data("[DONE]"))
+                .await;
+            timer.finish();
+        });
+        return Ok(sse(rx, st.cfg.keep_alive));
+    }
+
+    let all = futures::future::try_join_all(
+        streams
+            .into_iter()
+            .map(|s| choices::collect(s, timer.clone())),
+    );
+    let results = tokio::time::timeout(Duration::from_secs(st.cfg.request_timeout), all)
+        .await
+        .map_err(|_| ApiError::timeout(st.cfg.request_timeout))??;
+    timer.finish();
+    let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
+    let body = ChatCompletion {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model,
+        system_fingerprint: fingerprint,
+        choices: results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| ChatChoice {
+                index: i as u32,
+                logprobs: req.logprobs.then(|| logprobs(&tok, &r.tokens)),
+                message: ChatMessageOut {
+                    role: "assistant".into(),
+                    content: r.text,
+                },
+                finish_reason: finish_reason(r.finish),
+            })
+            .collect(),
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        },
+    };
+    Ok(Json(body).into_response())
+}

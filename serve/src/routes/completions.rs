@@ -1,0 +1,276 @@
+//! `POST /v1/completions`.
+
+use super::{admit, json_event, seeded, sse, token_text};
+use crate::api::*;
+use crate::choices::{self, finish_reason, random_id, Timer};
+use crate::engine_task::SeqEvent;
+use crate::error::ApiError;
+use crate::state::{unix_now, Shared};
+use crate::validate::{check_lengths, completion_prompts, sampling, ApiJson};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use safeloop_shared::engine::{PromptLogprob, SampledToken};
+use safeloop_shared::Tokenizer;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// OpenAI's default for this endpoint.
+const DEFAULT_MAX_TOKENS: u32 = 16;
+
+fn top_map(tok: &Tokenizer, top: &[(u32, f32)]) -> serde_json::Map<String, serde_json::Value> {
+    top.iter()
+        .map(|&(id, lp)| (token_text(tok, id), serde_json::json!(lp)))
+        .collect()
+}
+
+/// Legacy-format log-probs for prompt (echo) and output tokens, offsets counted in chars
+/// from `offset0`.
+fn logprobs(
+    tok: &Tokenizer,
+    prompt: &[PromptLogprob],
+    out: &[SampledToken],
+    offset0: u32,
+) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs::default();
+    let mut offset = offset0;
+    let mut push = |lp: &mut CompletionLogprobs,
+                    id: u32,
+                    l: Option<f32>,
+                    top: Option<serde_json::Map<_, _>>| {
+        let text = token_text(tok, id);
+        lp.text_offset.push(offset);
+        offset += text.chars().count() as u32;
+        lp.tokens.push(text);
+        lp.token_logprobs.push(l);
+        lp.top_logprobs.push(top);
+    };
+    for p in prompt {
+        let top = p.logprob.map(|_| top_map(tok, &p.top));
+        push(&mut lp, p.token, p.logprob, top);
+    }
+    for t in out {
+        push(&mut lp, t.id, Some(t.logprob), Some(top_map(tok, &t.top)));
+    }
+    lp
+}
+
+/// Creates a completion (OpenAI-compatible legacy endpoint).
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "A completion, or an SSE stream when `stream` is true", body = Completion),
+        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse),
+        (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+pub async fn completions(
+    State(st): State<Shared>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Response {
+    match handle(st, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError> {
+    let engine = st.engine()?.clone();
+    st.check_model(&req.model)?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(
+            "suffix",
+            "`suffix` (insertion) is not supported",
+        ));
+    }
+    let top = req.logprobs.unwrap_or(0);
+    if top > 5 {
+        return Err(ApiError::bad_request(
+            "logprobs",
+            "`logprobs` must be between 0 and 5",
+        ));
+    }
+    let want_lp = req.logprobs.is_some();
+    let s = sampling(
+        &req.sampling,
+        Some(req.sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+        top,
+        want_lp,
+        &st,
+    )?;
+    if req.best_of.is_some_and(|b| b != s.n) {
+        return Err(ApiError::bad_request(
+            "best_of",
+            "`best_of` other than `n` is not supported",
+        ));
+    }
+    let tok = engine.tokenizer.clone();
+    let prompts = completion_prompts(&req.prompt, &tok, tok.vocab_size().max(1))?;
+    let prompt_texts: Vec<String> = match &req.prompt {
+        Prompt::Text(t) => vec![t.clone()],
+        Prompt::Texts(ts) => ts.clone(),
+        _ => prompts
+            .iter()
+            .map(|p| tok.decode(p, false).unwrap_or_default())
+            .collect(),
+    };
+    let mut params = s.params;
+    params.prompt_logprobs = req.echo && want_lp;
+    let mut jobs = Vec::new();
+    let mut prompt_tokens = 0u32;
+    for p in &prompts {
+        let mut pp = params.clone();
+        check_lengths(p.len(), &mut pp, &st, engine.max_context, "prompt")?;
+        prompt_tokens += p.len() as u32;
+        for i in 0..s.n {
+            jobs.push((p.clone(), seeded(&pp, i)));
+        }
+    }
+    admit(&st, engine.in_flight(), jobs.len())?;
+    let n = s.n as usize;
+    let timer = Timer::new(st.metrics.clone());
+    let streams = choices::submit_all(&engine, jobs).await?;
+    let id = random_id("cmpl");
+    let created = unix_now();
+    let model = st.cfg.served_model_name.clone();
+    let fingerprint = st.fingerprint();
+    let echo = req.echo;
+
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let total = streams.len();
+        let (tx, rx) = mpsc::channel(64);
+        let metrics = st.metrics.clone();
+        tokio::spawn(async move {
+            let chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
+                id: id.clone(),
+                object: "text_completion".into(),
+                created,
+                model: model.clone(),
+                system_fingerprint: fingerprint.clone(),
+                choices,
+                usage,
+            };
+            let mut offsets = vec![0u32; total];
+            let mut merged = Box::pin(choices::merge(streams, timer.clone()));
+            let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; total];
+            let mut echoed = vec![!echo; total];
+            let (mut done, mut completion_tokens) = (0, 0u32);
+            while done < total {
+                let next = tokio::select! {
+                    ev = merged.next() => ev,
+                    _ = tx.closed() => {
+                        metrics.disconnects.inc();
+                        return;
+                    }
+                };
+                let Some((i, ev)) = next else { break };
+                let u = match ev {
+                    SeqEvent::Failed(msg) => {
+                        let e = ApiError::internal(format!("generation failed: {msg}"));
+                        let _ = tx.send(json_event(&e.body())).await;
+                        return;
+                    }
+                    SeqEvent::Update(u) => u,
+                };
+                let mut text = String::new();
+                let mut prompt_lp: Vec<PromptLogprob> = vec![];
+                if !echoed[i] {
+                    echoed[i] = true;
+                    text.push_str(&prompt_texts[i / n]);
+                    prompt_lp = u.prompt_logprobs.clone().unwrap_or_default();
+                }
+                if let Some(t) = u.token {
+                    completion_tokens += 1;
+                    if want_lp {
+                        pending[i].push(t);
+                    }
+                }
+                text.push_str(&u.text);
+                if text.is_empty() && u.finished.is_none() {
+                    continue;
+                }
+                let lp = want_lp.then(|| {
+                    let l = logprobs(
+                        &tok,
+                        &prompt_lp,
+                        &std::mem::take(&mut pending[i]),
+                        offsets[i],
+                    );
+                    l
+                });
+                offsets[i] += text.chars().count() as u32;
+                if u.finished.is_some() {
+                    done += 1;
+                }
+                let c = chunk(
+                    vec![CompletionChoice {
+                        index: i as u32,
+                        text,
+                        finish_reason: u.finished.map(finish_reason),
+                        logprobs: lp,
+                    }],
+                    None,
+                );
+                if tx.send(json_event(&c)).await.is_err() {
+                    metrics.disconnects.inc();
+                    return;
+                }
+            }
+            if include_usage {
+                let usage = Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens: prompt_tokens + completion_tokens,
+                };
+                let _ = tx.send(json_event(&chunk(vec![], Some(usage)))).await;
+            }
+            let _ = tx
+                .send(axum::response::sse::Event::default().data("[DONE]"))
+                .await;
+            timer.finish();
+        });
+        return Ok(sse(rx, st.cfg.keep_alive));
+    }
+
+    let all = futures::future::try_join_all(
+        streams
+            .into_iter()
+            .map(|s| choices::collect(s, timer.clone())),
+    );
+    let results = tokio::time::timeout(Duration::from_secs(st.cfg.request_timeout), all)
+        .await
+        .map_err(|_| ApiError::timeout(st.cfg.request_timeout))??;
+    timer.finish();
+    let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
+    let choices = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let prompt_text = if echo {
+                prompt_texts[i / n].as_str()
+            } else {
+                ""
+            };
+            CompletionChoice {
+                index: i as u32,
+                logprobs: want_lp.then(|| logprobs(&tok, &r.prompt_logprobs, &r.tokens, 0)),
+                text: format!("{prompt_text}{}", r.text),
+                finish_reason: Some(finish_reason(r.finish)),
+            }
+        })
+        .collect();
+    let body = Completion {
+        id,
+        object: "text_completion".into(),
+        created,
+        model,
+        system_fingerprint: fingerprint,
+        choices,
+        usage: Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }),
+    };
+    Ok(Json(body).into_response())
+}

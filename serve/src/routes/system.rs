@@ -1,0 +1,46 @@
+//! `/health`, `/metrics`, `/openapi.json`.
+
+use crate::api::Health;
+use crate::state::Shared;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// 200 when ready; 503 while the model loads or the server shuts down.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn health(State(st): State<Shared>) -> Response {
+    let (code, status) = if st.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else if st.engine.get().is_none() {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    (
+        code,
+        Json(Health {
+            status: status.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
+pub async fn metrics(State(st): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This API's OpenAPI 3 description.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
+pub async fn openapi() -> Response {
+    Json(crate::server::openapi()).into_response()
+}
