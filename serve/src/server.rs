@@ -193,6 +193,13 @@ fn fingerprint(cfg: &ServeConfig) -> String {
 
 fn load(state: &Shared, device: candle_core::Device) -> Result<()> {
     let cfg = &state.cfg;
+    // Lets tests observe the loading phase (/health 503) with a tiny model.
+    if let Some(ms) = std::env::var("SAFELOOP_TEST_LOAD_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let opts = LoadOptions {
         device,
         sha256: cfg

@@ -34,8 +34,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         serde_path_to_error::deserialize(de)
             .map(ApiJson)
             .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
+                let mut path = e.path().to_string();
+                let mut inner = e.into_inner();
+                if path == "." && !inner.is_syntax() && !inner.is_eof() {
+                    // serde's `flatten` (the shared sampling fields) loses the path:
+                    // deserialize those fields alone to name the one at fault.
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        if let Err(e2) = serde_path_to_error::deserialize::<_, SamplingFields>(v) {
+                            path = e2.path().to_string();
+                            inner = e2.into_inner();
+                        }
+                    }
+                }
                 let param = if path == "." { String::new() } else { path };
                 let msg = if inner.is_syntax() || inner.is_eof() {
                     format!("the body is not valid JSON: {inner}")

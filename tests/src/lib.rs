@@ -44,3 +44,106 @@ pub fn bin(name: &str) -> PathBuf {
     assert!(path.exists(), "{} missing after build", path.display());
     path
 }
+
+/// A running `safeloop-serve` on a free loopback port, killed on drop.
+pub struct Server {
+    pub child: std::process::Child,
+    pub base: String,
+    stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts the server with `args` and waits until `/health` answers 200.
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let s = Self::start_with_env_no_wait(args, env);
+        s.wait_ready(std::time::Duration::from_secs(120));
+        s
+    }
+
+    /// Starts the server and returns once it listens (the model may still be loading).
+    pub fn start_with_env_no_wait(args: &[&str], env: &[(&str, &str)]) -> Server {
+        use std::io::BufRead;
+        let mut cmd = Command::new(bin("safeloop-serve"));
+        cmd.args(["--host", "127.0.0.1", "--port", "0"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start safeloop-serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = line.strip_prefix("safeloop-serve: listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let base = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", lines.lock().unwrap()));
+        Server {
+            child,
+            base,
+            stderr_lines: lines,
+        }
+    }
+
+    pub fn wait_ready(&self, limit: std::time::Duration) {
+        let t = std::time::Instant::now();
+        let client = reqwest::blocking::Client::new();
+        while t.elapsed() < limit {
+            if let Ok(r) = client.get(self.url("/health")).send() {
+                if r.status().as_u16() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("server not ready: {:?}", self.stderr());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr_lines.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Value of a Prometheus sample (first line starting with `name`), if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split(|c| c == ' ' || c == '{').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
