@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// Seconds graceful shutdown waits for in-flight requests [default: 30]
     #[arg(long, env = "SAFELOOP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// CPU kernels: `safeloop` (ours) or `candle` (stock candle ops, for comparisons) [default: safeloop]
+    #[arg(long, env = "SAFELOOP_KERNELS")]
+    pub kernels: Option<String>,
 }
 
 /// Resolved settings.
@@ -81,6 +84,8 @@ pub struct ServeConfig {
     pub request_timeout: u64,
     pub keep_alive: u64,
     pub shutdown_grace: u64,
+    /// safeloop's CPU kernels (false: candle's stock ops).
+    pub host_kernels: bool,
 }
 
 fn read_file(path: &Path) -> Result<ServeArgs> {
@@ -130,6 +135,11 @@ impl ServeConfig {
             request_timeout: pick!(request_timeout).unwrap_or(600),
             keep_alive: pick!(keep_alive).unwrap_or(10),
             shutdown_grace: pick!(shutdown_grace).unwrap_or(30),
+            host_kernels: match pick!(kernels).as_deref() {
+                None | Some("safeloop") => true,
+                Some("candle") => false,
+                Some(other) => anyhow::bail!("--kernels: `{other}` is not safeloop or candle"),
+            },
         };
         for (name, v) in [
             ("max_running", cfg.max_running),

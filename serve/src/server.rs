@@ -205,6 +205,7 @@ fn load(state: &Shared, device: candle_core::Device) -> Result<()> {
         sha256: cfg
             .default_model
             .then(|| safeloop_shared::assets::DEFAULT_MODEL_SHA256.to_string()),
+        host_kernels: cfg.host_kernels,
         ..Default::default()
     };
     let t = std::time::Instant::now();

@@ -1,0 +1,193 @@
+//! Load generator for any OpenAI-compatible server: N concurrent streaming chat clients run a
+//! fixed number of requests; prints requests/s, output tokens/s, TTFT and inter-token latency
+//! percentiles. Loopback or your own hosts only.
+//!
+//! `safeloop-loadgen --url http://127.0.0.1:8000 --concurrency 4 --requests 32 --max-tokens 64`
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(name = "safeloop-loadgen", about = "Concurrent streaming load against an OpenAI-compatible server")]
+struct Args {
+    /// Server base URL
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// Model name to send [default: the first from /v1/models]
+    #[arg(long)]
+    model: Option<String>,
+    /// Concurrent clients
+    #[arg(long, short = 'c', default_value_t = 1)]
+    concurrency: usize,
+    /// Total requests (spread over the clients)
+    #[arg(long, short = 'n', default_value_t = 16)]
+    requests: usize,
+    /// Tokens to generate per request (end-of-sequence ignored so every request is equal)
+    #[arg(long, default_value_t = 64)]
+    max_tokens: u32,
+    /// Sampling temperature (0 = greedy)
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, env = "SAFELOOP_API_KEY")]
+    api_key: Option<String>,
+    /// Give up on a request after this many seconds
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Print one JSON line instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Default)]
+struct Sample {
+    ttft: Option<f64>,
+    itls: Vec<f64>,
+    tokens: u64,
+    ok: bool,
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[idx.min(v.len() - 1)]
+}
+
+async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Result<Sample> {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": format!("Write a short story about robot number {i}.")}],
+        "max_tokens": a.max_tokens,
+        "temperature": a.temperature,
+        "ignore_eos": true,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let mut req = client.post(format!("{}/v1/chat/completions", a.url)).json(&body);
+    if let Some(k) = &a.api_key {
+        req = req.bearer_auth(k);
+    }
+    let start = Instant::now();
+    let resp = req.send().await?;
+    if !resp.status().is_success() {
+        anyhow::bail!("HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    let mut s = Sample::default();
+    let mut last: Option<Instant> = None;
+    let mut buf = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(pos) = buf.find("\n\n") {
+            let event: String = buf.drain(..pos + 2).collect();
+            for line in event.lines() {
+                let Some(data) = line.strip_prefix("data: ") else { continue };
+                if data == "[DONE]" {
+                    s.ok = true;
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_str(data).context("bad SSE chunk")?;
+                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                    s.tokens = n;
+                }
+                let has_content = v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty());
+                if has_content {
+                    let now = Instant::now();
+                    match last {
+                        None => s.ttft = Some((now - start).as_secs_f64()),
+                        Some(prev) => s.itls.push((now - prev).as_secs_f64()),
+                    }
+                    last = Some(now);
+                }
+            }
+        }
+    }
+    Ok(s)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let a = Arc::new(Args::parse());
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(a.timeout))
+        .build()?;
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => {
+            let mut req = client.get(format!("{}/v1/models", a.url));
+            if let Some(k) = &a.api_key {
+                req = req.bearer_auth(k);
+            }
+            let v: serde_json::Value = req.send().await.context("GET /v1/models")?.json().await?;
+            v["data"][0]["id"].as_str().context("no model listed")?.to_string()
+        }
+    };
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency.max(1) {
+        let (client, a, model, next) = (client.clone(), a.clone(), model.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= a.requests {
+                    break;
+                }
+                out.push(one(&client, &a, &model, i).await);
+            }
+            out
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        for r in t.await? {
+            match r {
+                Ok(s) if s.ok => samples.push(s),
+                Ok(_) => errors.push("stream ended without [DONE]".to_string()),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let tokens: u64 = samples.iter().map(|s| s.tokens).sum();
+    let mut ttft: Vec<f64> = samples.iter().filter_map(|s| s.ttft).collect();
+    let mut itl: Vec<f64> = samples.iter().flat_map(|s| s.itls.iter().copied()).collect();
+    let r = serde_json::json!({
+        "concurrency": a.concurrency,
+        "requests": samples.len(),
+        "errors": errors.len(),
+        "seconds": secs,
+        "requests_per_s": samples.len() as f64 / secs,
+        "output_tokens_per_s": tokens as f64 / secs,
+        "ttft_p50_ms": 1e3 * percentile(&mut ttft, 50.0),
+        "ttft_p99_ms": 1e3 * percentile(&mut ttft, 99.0),
+        "itl_p50_ms": 1e3 * percentile(&mut itl, 50.0),
+        "itl_p99_ms": 1e3 * percentile(&mut itl, 99.0),
+    });
+    if a.json {
+        println!("{r}");
+    } else {
+        println!(
+            "{} clients, {} requests ({} errors) in {:.1}s: {:.2} req/s, {:.1} output tokens/s, TTFT p50 {:.0} ms p99 {:.0} ms, ITL p50 {:.1} ms p99 {:.1} ms",
+            a.concurrency, samples.len(), errors.len(), secs, r["requests_per_s"].as_f64().unwrap_or(0.0),
+            r["output_tokens_per_s"].as_f64().unwrap_or(0.0), r["ttft_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["ttft_p99_ms"].as_f64().unwrap_or(f64::NAN), r["itl_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["itl_p99_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    for e in errors.iter().take(5) {
+        eprintln!("error: {e}");
+    }
+    if !errors.is_empty() {
+        std::process::exit(2);
+    }
+    Ok(())
+}
