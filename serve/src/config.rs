@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// Seconds graceful shutdown waits for in-flight requests [default: 30]
     #[arg(long, env = "SAFELOOP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// Token budget of the prompt prefix cache; 0 disables it [default: 8192]
+    #[arg(long, env = "SAFELOOP_PREFIX_CACHE_TOKENS")]
+    pub prefix_cache_tokens: Option<usize>,
     /// CPU kernels: `safeloop` (ours) or `candle` (stock candle ops, for comparisons) [default: safeloop]
     #[arg(long, env = "SAFELOOP_KERNELS")]
     pub kernels: Option<String>,
@@ -86,6 +89,7 @@ pub struct ServeConfig {
     pub shutdown_grace: u64,
     /// safeloop's CPU kernels (false: candle's stock ops).
     pub host_kernels: bool,
+    pub prefix_cache_tokens: usize,
 }
 
 fn read_file(path: &Path) -> Result<ServeArgs> {
@@ -135,6 +139,7 @@ impl ServeConfig {
             request_timeout: pick!(request_timeout).unwrap_or(600),
             keep_alive: pick!(keep_alive).unwrap_or(10),
             shutdown_grace: pick!(shutdown_grace).unwrap_or(30),
+            prefix_cache_tokens: pick!(prefix_cache_tokens).unwrap_or(8192),
             host_kernels: match pick!(kernels).as_deref() {
                 None | Some("safeloop") => true,
                 Some("candle") => false,

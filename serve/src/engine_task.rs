@@ -211,5 +211,11 @@ fn run(
         metrics.waiting.set(engine.num_waiting() as i64);
         metrics.kv_cache_tokens.set(engine.kv_cache_tokens() as i64);
         metrics.kv_cache_bytes.set(engine.kv_cache_bytes() as i64);
+        metrics
+            .prefix_cache_tokens
+            .set(engine.prefix_cache_tokens() as i64);
+        metrics
+            .prefix_cache_hits
+            .inc_by(engine.take_prefix_hit_tokens() as u64);
     }
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub kv_cache_bytes: IntGauge,
     pub model_info: IntGaugeVec,
     pub disconnects: IntCounter,
+    pub prefix_cache_tokens: IntGauge,
+    pub prefix_cache_hits: IntCounter,
 }
 
 fn secs(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -122,6 +124,16 @@ impl Metrics {
                 "Requests whose client went away before the end",
             )
             .expect("valid"),
+            prefix_cache_tokens: IntGauge::new(
+                "safeloop_prefix_cache_tokens",
+                "Prompt tokens held by the prefix cache",
+            )
+            .expect("valid"),
+            prefix_cache_hits: IntCounter::new(
+                "safeloop_prefix_cache_hit_tokens_total",
+                "Prompt tokens served from the prefix cache instead of prefill",
+            )
+            .expect("valid"),
             registry: Registry::new(),
         };
         let r = &m.registry;
@@ -141,6 +153,8 @@ impl Metrics {
             Box::new(m.kv_cache_bytes.clone()),
             Box::new(m.model_info.clone()),
             Box::new(m.disconnects.clone()),
+            Box::new(m.prefix_cache_tokens.clone()),
+            Box::new(m.prefix_cache_hits.clone()),
         ];
         for c in all {
             r.register(c).expect("unique metric names");

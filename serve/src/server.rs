@@ -234,6 +234,7 @@ fn load(state: &Shared, device: candle_core::Device) -> Result<()> {
         max_running: cfg.max_running,
         max_batch_tokens: cfg.max_batch_tokens,
         max_context: cfg.max_total_tokens,
+        prefix_cache_tokens: cfg.prefix_cache_tokens,
     };
     let handle = EngineHandle::start(
         loaded.model,

@@ -355,3 +355,66 @@ fn bad_requests_are_clear_errors() {
     }
     assert!(!e.has_work(), "rejected requests leave nothing behind");
 }
+
+#[test]
+fn prefix_cache_reuses_shared_prompt_prefixes_exactly() {
+    let g = golden_json("llama-gqa");
+    let p = prompts(&g);
+    let shared: Vec<u32> = p[2][..60].to_vec();
+    let b: Vec<u32> = shared.iter().chain(&p[1]).copied().collect();
+    let params = SamplingParams {
+        max_tokens: Some(12),
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    let mut cold = engine(
+        "llama-gqa",
+        EngineConfig {
+            prefix_cache_tokens: 0,
+            ..Default::default()
+        },
+    );
+    let want_a = cold
+        .generate(vec![(p[2].clone(), params.clone())])
+        .unwrap()
+        .remove(0);
+    let want_b = cold
+        .generate(vec![(b.clone(), params.clone())])
+        .unwrap()
+        .remove(0);
+    assert_eq!(cold.take_prefix_hit_tokens(), 0);
+
+    let mut warm = engine("llama-gqa", EngineConfig::default());
+    let a = warm
+        .generate(vec![(p[2].clone(), params.clone())])
+        .unwrap()
+        .remove(0);
+    assert_eq!(warm.take_prefix_hit_tokens(), 0, "nothing cached yet");
+    assert_eq!(a.token_ids(), want_a.token_ids());
+    assert!(warm.prefix_cache_tokens() >= p[2].len());
+    // B shares A's first 60 tokens: those come from the cache, and the output is unchanged.
+    let got_b = warm
+        .generate(vec![(b.clone(), params.clone())])
+        .unwrap()
+        .remove(0);
+    assert_eq!(warm.take_prefix_hit_tokens(), 60);
+    assert_eq!(got_b.token_ids(), want_b.token_ids());
+    for (x, y) in got_b.tokens.iter().zip(&want_b.tokens) {
+        assert!((x.logprob - y.logprob).abs() < 1e-5);
+    }
+    // The same prompt again reuses all but its last token.
+    let again = warm
+        .generate(vec![(p[2].clone(), params.clone())])
+        .unwrap()
+        .remove(0);
+    assert_eq!(warm.take_prefix_hit_tokens(), p[2].len() - 1);
+    assert_eq!(again.token_ids(), want_a.token_ids());
+    // Prompt log-probs need every row computed: no reuse.
+    let echo = SamplingParams {
+        prompt_logprobs: true,
+        ..params
+    };
+    let c = warm.generate(vec![(p[2].clone(), echo)]).unwrap().remove(0);
+    assert_eq!(warm.take_prefix_hit_tokens(), 0);
+    assert_eq!(c.prompt_logprobs.len(), p[2].len());
+}

@@ -633,19 +633,38 @@ fn config_file_env_and_flags_in_that_order_of_precedence() {
     let tmp = std::env::temp_dir().join(format!("safeloop-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let file = tmp.join("serve.toml");
-    std::fs::write(&file, format!("model = {:?}\nserved_model_name = \"from-file\"\nmax_n = 1\n", dir.to_str().unwrap())).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "model = {:?}\nserved_model_name = \"from-file\"\nmax_n = 1\n",
+            dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
     let f = file.to_str().unwrap();
     let model_id = |s: &Server| -> String {
-        let v: Value = Client::new().get(s.url("/v1/models")).send().unwrap().json().unwrap();
+        let v: Value = Client::new()
+            .get(s.url("/v1/models"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         v["data"][0]["id"].as_str().unwrap().to_string()
     };
     let s = Server::start(&["--config", f]);
     assert_eq!(model_id(&s), "from-file");
     // The file's max_n applies.
-    let (st, v, _) = post(&s, "/v1/completions", json!({"model": "from-file", "prompt": "a", "n": 2}));
+    let (st, v, _) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "from-file", "prompt": "a", "n": 2}),
+    );
     assert_eq!(st, 400, "{v}");
     drop(s);
-    let s = Server::start_with_env(&["--config", f], &[("SAFELOOP_SERVED_MODEL_NAME", "from-env")]);
+    let s = Server::start_with_env(
+        &["--config", f],
+        &[("SAFELOOP_SERVED_MODEL_NAME", "from-env")],
+    );
     assert_eq!(model_id(&s), "from-env");
     drop(s);
     let s = Server::start_with_env(

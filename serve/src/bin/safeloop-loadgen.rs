@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
-#[command(name = "safeloop-loadgen", about = "Concurrent streaming load against an OpenAI-compatible server")]
+#[command(
+    name = "safeloop-loadgen",
+    about = "Concurrent streaming load against an OpenAI-compatible server"
+)]
 struct Args {
     /// Server base URL
     #[arg(long, default_value = "http://127.0.0.1:8000")]
@@ -68,14 +71,20 @@ async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Resul
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    let mut req = client.post(format!("{}/v1/chat/completions", a.url)).json(&body);
+    let mut req = client
+        .post(format!("{}/v1/chat/completions", a.url))
+        .json(&body);
     if let Some(k) = &a.api_key {
         req = req.bearer_auth(k);
     }
     let start = Instant::now();
     let resp = req.send().await?;
     if !resp.status().is_success() {
-        anyhow::bail!("HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        anyhow::bail!(
+            "HTTP {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     let mut s = Sample::default();
     let mut last: Option<Instant> = None;
@@ -86,7 +95,9 @@ async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Resul
         while let Some(pos) = buf.find("\n\n") {
             let event: String = buf.drain(..pos + 2).collect();
             for line in event.lines() {
-                let Some(data) = line.strip_prefix("data: ") else { continue };
+                let Some(data) = line.strip_prefix("data: ") else {
+                    continue;
+                };
                 if data == "[DONE]" {
                     s.ok = true;
                     continue;
@@ -95,7 +106,9 @@ async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Resul
                 if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                     s.tokens = n;
                 }
-                let has_content = v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty());
+                let has_content = v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty());
                 if has_content {
                     let now = Instant::now();
                     match last {
@@ -125,7 +138,10 @@ async fn main() -> Result<()> {
                 req = req.bearer_auth(k);
             }
             let v: serde_json::Value = req.send().await.context("GET /v1/models")?.json().await?;
-            v["data"][0]["id"].as_str().context("no model listed")?.to_string()
+            v["data"][0]["id"]
+                .as_str()
+                .context("no model listed")?
+                .to_string()
         }
     };
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -159,7 +175,10 @@ async fn main() -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let tokens: u64 = samples.iter().map(|s| s.tokens).sum();
     let mut ttft: Vec<f64> = samples.iter().filter_map(|s| s.ttft).collect();
-    let mut itl: Vec<f64> = samples.iter().flat_map(|s| s.itls.iter().copied()).collect();
+    let mut itl: Vec<f64> = samples
+        .iter()
+        .flat_map(|s| s.itls.iter().copied())
+        .collect();
     let r = serde_json::json!({
         "concurrency": a.concurrency,
         "requests": samples.len(),

@@ -7,6 +7,7 @@
 
 mod detokenize;
 pub mod params;
+mod prefix;
 pub mod sample;
 mod sequence;
 
@@ -56,6 +57,8 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Context cap below the model's own (None: the model's).
     pub max_context: Option<usize>,
+    /// Token budget of the prompt prefix cache (0 disables it).
+    pub prefix_cache_tokens: usize,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             max_running: 32,
             max_batch_tokens: 512,
             max_context: None,
+            prefix_cache_tokens: 8192,
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct Engine<M: Model> {
     next_id: SeqId,
     stats: StepStats,
     admitted: Vec<SeqId>,
+    prefix: prefix::PrefixCache,
+    prefix_hit_tokens: usize,
 }
 
 /// Counters of the last step (for metrics and benchmarks).
@@ -122,12 +128,14 @@ impl<M: Model> Engine<M> {
         Self {
             model,
             tokenizer,
-            cfg,
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_id: 1,
             stats: StepStats::default(),
             admitted: Vec::new(),
+            prefix: prefix::PrefixCache::new(cfg.prefix_cache_tokens),
+            prefix_hit_tokens: 0,
+            cfg,
         }
     }
 
@@ -158,6 +166,16 @@ impl<M: Model> Engine<M> {
 
     pub fn last_step(&self) -> &StepStats {
         &self.stats
+    }
+
+    /// Tokens held by the prompt prefix cache.
+    pub fn prefix_cache_tokens(&self) -> usize {
+        self.prefix.used_tokens()
+    }
+
+    /// Prompt tokens served from the prefix cache since the last call.
+    pub fn take_prefix_hit_tokens(&mut self) -> usize {
+        std::mem::take(&mut self.prefix_hit_tokens)
     }
 
     /// Requests that left the waiting queue for the running batch since the last call.
@@ -272,8 +290,17 @@ impl<M: Model> Engine<M> {
         self.waiting.retain(|s| !s.cancelled);
         while self.running.len() < self.cfg.max_running {
             match self.waiting.pop_front() {
-                Some(s) => {
+                Some(mut s) => {
                     self.admitted.push(s.id);
+                    // Reuse a cached prompt prefix (not when prompt log-probs are wanted:
+                    // those need every prompt row computed).
+                    if self.prefix.enabled() && !s.params.prompt_logprobs {
+                        if let Some((len, cache)) = self.prefix.lookup(&s.prompt) {
+                            s.cache = cache;
+                            s.computed = len;
+                            self.prefix_hit_tokens += len;
+                        }
+                    }
                     self.running.push(s);
                 }
                 None => break,
@@ -344,6 +371,9 @@ impl<M: Model> Engine<M> {
             let s = &mut self.running[i];
             if s.in_prefill() {
                 s.computed += n;
+                if !s.in_prefill() && self.prefix.enabled() {
+                    self.prefix.insert(&s.prompt, &s.cache);
+                }
             }
             if let Some(l) = l {
                 rows.push((i, l.to_vec2::<f32>()?));

@@ -167,6 +167,34 @@ impl KvCache {
         }
     }
 
+    /// A copy of the first `len` positions (host caches only; `None` for device caches or
+    /// when fewer positions are cached).
+    pub fn truncated_clone(&self, len: usize) -> Option<KvCache> {
+        if len > self.len() {
+            return None;
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                LayerKv::Host(h) => {
+                    let n = len * h.width;
+                    let copy = |b: &HostBuf| match b {
+                        HostBuf::F32(v) => HostBuf::F32(v[..n].to_vec()),
+                        HostBuf::F16(v) => HostBuf::F16(v[..n].to_vec()),
+                    };
+                    Some(LayerKv::Host(HostKv {
+                        k: copy(&h.k),
+                        v: copy(&h.v),
+                        width: h.width,
+                    }))
+                }
+                LayerKv::Device(_) => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(KvCache { layers })
+    }
+
     pub fn reset(&mut self) {
         for l in &mut self.layers {
             match l {
