@@ -65,6 +65,8 @@ fn measure(
             max_running: 64,
             max_batch_tokens: 2048,
             max_context: None,
+            // The prefill figure repeats one prompt: measure computing it, not reusing it.
+            prefix_cache_tokens: 0,
         },
     );
     let prompt = long_prompt(&tok, prompt_tokens)?;

@@ -190,13 +190,12 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
                     continue;
                 }
                 let lp = want_lp.then(|| {
-                    let l = logprobs(
+                    logprobs(
                         &tok,
                         &prompt_lp,
                         &std::mem::take(&mut pending[i]),
                         offsets[i],
-                    );
-                    l
+                    )
                 });
                 offsets[i] += text.chars().count() as u32;
                 if u.finished.is_some() {
