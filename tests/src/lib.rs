@@ -33,7 +33,9 @@ pub fn bin(name: &str) -> PathBuf {
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", name, "--bin", name]);
+    // The same selection as scripts/test.sh, so features resolve identically and a fresh
+    // build is a no-op (building one package alone would rebuild shared dependencies).
+    cmd.args(["build", "--quiet", "--workspace", "--bins"]);
     if release {
         cmd.arg("--release");
     }
