@@ -4,12 +4,15 @@
 use crate::engine_task::{EngineHandle, SeqEvent, SeqStream};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use axum::response::sse::Event;
 use futures::stream::{self, Stream, StreamExt};
 use safeloop_shared::engine::{
     FinishReason, PromptLogprob, SampledToken, SamplingParams, SeqUpdate,
 };
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 /// Per-request latency bookkeeping.
@@ -100,6 +103,73 @@ pub async fn collect(mut s: SeqStream, timer: Arc<Timer>) -> Result<Finished, Ap
         }
     }
     Err(ApiError::internal("the engine dropped the request"))
+}
+
+/// Waits for every choice (non-streaming responses), or 408 after `timeout_secs`.
+pub async fn collect_all(
+    streams: Vec<SeqStream>,
+    timer: Arc<Timer>,
+    timeout_secs: u64,
+) -> Result<Vec<Finished>, ApiError> {
+    let all = futures::future::try_join_all(streams.into_iter().map(|s| collect(s, timer.clone())));
+    let results = tokio::time::timeout(Duration::from_secs(timeout_secs), all)
+        .await
+        .map_err(|_| ApiError::timeout(timeout_secs))??;
+    timer.finish();
+    Ok(results)
+}
+
+/// Feeds an SSE channel from the choices' updates: `on_update` turns an update into the
+/// chunk to send (or none). Returns `false` when the stream ended early — the client went
+/// away (the sequences are cancelled as `streams` drop) or the engine failed (an error
+/// object was sent); `true` when every choice finished.
+pub async fn pump(
+    streams: Vec<SeqStream>,
+    timer: Arc<Timer>,
+    metrics: &Metrics,
+    tx: &mpsc::Sender<Event>,
+    mut on_update: impl FnMut(usize, SeqUpdate) -> Option<Event>,
+) -> bool {
+    let total = streams.len();
+    let mut merged = Box::pin(merge(streams, timer));
+    let mut done = 0;
+    while done < total {
+        let next = tokio::select! {
+            ev = merged.next() => ev,
+            _ = tx.closed() => {
+                metrics.disconnects.inc();
+                return false;
+            }
+        };
+        let Some((i, ev)) = next else { return false };
+        let u = match ev {
+            SeqEvent::Failed(msg) => {
+                let e = ApiError::internal(format!("generation failed: {msg}"));
+                let _ = tx.send(crate::routes::json_event(&e.body())).await;
+                return false;
+            }
+            SeqEvent::Update(u) => u,
+        };
+        if u.finished.is_some() {
+            done += 1;
+        }
+        if let Some(event) = on_update(i, u) {
+            if tx.send(event).await.is_err() {
+                metrics.disconnects.inc();
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Ends a stream: the usage chunk (when asked for), then `data: [DONE]`.
+pub async fn finish_stream(tx: &mpsc::Sender<Event>, usage: Option<Event>, timer: &Timer) {
+    if let Some(u) = usage {
+        let _ = tx.send(u).await;
+    }
+    let _ = tx.send(Event::default().data("[DONE]")).await;
+    timer.finish();
 }
 
 /// All choices' updates as one stream of `(choice index, event)`, with metrics recorded.

@@ -3,17 +3,14 @@
 use super::{admit, json_event, seeded, sse, token_text};
 use crate::api::*;
 use crate::choices::{self, finish_reason, random_id, Timer};
-use crate::engine_task::SeqEvent;
 use crate::error::ApiError;
 use crate::state::{unix_now, Shared};
 use crate::validate::{check_lengths, completion_prompts, sampling, ApiJson};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
 use safeloop_shared::engine::{PromptLogprob, SampledToken};
 use safeloop_shared::Tokenizer;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// OpenAI's default for this endpoint.
@@ -151,27 +148,10 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
                 usage,
             };
             let mut offsets = vec![0u32; total];
-            let mut merged = Box::pin(choices::merge(streams, timer.clone()));
             let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; total];
             let mut echoed = vec![!echo; total];
-            let (mut done, mut completion_tokens) = (0, 0u32);
-            while done < total {
-                let next = tokio::select! {
-                    ev = merged.next() => ev,
-                    _ = tx.closed() => {
-                        metrics.disconnects.inc();
-                        return;
-                    }
-                };
-                let Some((i, ev)) = next else { break };
-                let u = match ev {
-                    SeqEvent::Failed(msg) => {
-                        let e = ApiError::internal(format!("generation failed: {msg}"));
-                        let _ = tx.send(json_event(&e.body())).await;
-                        return;
-                    }
-                    SeqEvent::Update(u) => u,
-                };
+            let mut completion_tokens = 0u32;
+            let finished = choices::pump(streams, timer.clone(), &metrics, &tx, |i, u| {
                 let mut text = String::new();
                 let mut prompt_lp: Vec<PromptLogprob> = vec![];
                 if !echoed[i] {
@@ -187,7 +167,7 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
                 }
                 text.push_str(&u.text);
                 if text.is_empty() && u.finished.is_none() {
-                    continue;
+                    return None;
                 }
                 let lp = want_lp.then(|| {
                     logprobs(
@@ -198,10 +178,7 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
                     )
                 });
                 offsets[i] += text.chars().count() as u32;
-                if u.finished.is_some() {
-                    done += 1;
-                }
-                let c = chunk(
+                Some(json_event(&chunk(
                     vec![CompletionChoice {
                         index: i as u32,
                         text,
@@ -209,37 +186,27 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
                         logprobs: lp,
                     }],
                     None,
-                );
-                if tx.send(json_event(&c)).await.is_err() {
-                    metrics.disconnects.inc();
-                    return;
-                }
+                )))
+            })
+            .await;
+            if finished {
+                let usage = include_usage.then(|| {
+                    json_event(&chunk(
+                        vec![],
+                        Some(Usage {
+                            prompt_tokens,
+                            completion_tokens,
+                            total_tokens: prompt_tokens + completion_tokens,
+                        }),
+                    ))
+                });
+                choices::finish_stream(&tx, usage, &timer).await;
             }
-            if include_usage {
-                let usage = Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                    total_tokens: prompt_tokens + completion_tokens,
-                };
-                let _ = tx.send(json_event(&chunk(vec![], Some(usage)))).await;
-            }
-            let _ = tx
-                .send(axum::response::sse::Event::default().data("[DONE]"))
-                .await;
-            timer.finish();
         });
         return Ok(sse(rx, st.cfg.keep_alive));
     }
 
-    let all = futures::future::try_join_all(
-        streams
-            .into_iter()
-            .map(|s| choices::collect(s, timer.clone())),
-    );
-    let results = tokio::time::timeout(Duration::from_secs(st.cfg.request_timeout), all)
-        .await
-        .map_err(|_| ApiError::timeout(st.cfg.request_timeout))??;
-    timer.finish();
+    let results = choices::collect_all(streams, timer, st.cfg.request_timeout).await?;
     let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
     let choices = results
         .into_iter()
