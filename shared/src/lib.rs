@@ -13,6 +13,7 @@ pub mod quant;
 pub mod rope;
 pub mod runtime;
 pub mod tokenizer;
+pub mod trajlog;
 pub mod weights;
 
 pub use chat_template::ChatMessage;
