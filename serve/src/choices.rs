@@ -45,6 +45,17 @@ impl Timer {
         }
     }
 
+    pub fn ttft_ms(&self) -> Option<f64> {
+        self.first_token
+            .lock()
+            .expect("timer lock")
+            .map(|t| (t - self.arrival).as_secs_f64() * 1e3)
+    }
+
+    pub fn elapsed_ms(&self) -> f64 {
+        self.arrival.elapsed().as_secs_f64() * 1e3
+    }
+
     pub fn finish(&self) {
         self.metrics
             .e2e

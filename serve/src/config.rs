@@ -60,6 +60,24 @@ pub struct ServeArgs {
     /// Seconds graceful shutdown waits for in-flight requests [default: 30]
     #[arg(long, env = "SAFELOOP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// Write every finished choice to a trajectory log in this directory [default: off]
+    #[arg(long, env = "SAFELOOP_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Log durability: always (fsync per record), interval (group commit), never [default: interval]
+    #[arg(long, env = "SAFELOOP_LOG_FSYNC")]
+    pub log_fsync: Option<String>,
+    /// Group-commit interval for --log-fsync interval, in ms [default: 100]
+    #[arg(long, env = "SAFELOOP_LOG_FSYNC_INTERVAL_MS")]
+    pub log_fsync_interval_ms: Option<u64>,
+    /// Seal a log segment past this many bytes [default: 67108864]
+    #[arg(long, env = "SAFELOOP_LOG_SEGMENT_BYTES")]
+    pub log_segment_bytes: Option<u64>,
+    /// Delete the oldest sealed segments beyond this total size [default: keep all]
+    #[arg(long, env = "SAFELOOP_LOG_RETENTION_BYTES")]
+    pub log_retention_bytes: Option<u64>,
+    /// Answer 503 when a choice cannot be logged (instead of serving it unlogged) [default: false]
+    #[arg(long, env = "SAFELOOP_LOG_FAIL_CLOSED")]
+    pub log_fail_closed: Option<bool>,
     /// Token budget of the prompt prefix cache; 0 disables it [default: 8192]
     #[arg(long, env = "SAFELOOP_PREFIX_CACHE_TOKENS")]
     pub prefix_cache_tokens: Option<usize>,
@@ -90,6 +108,8 @@ pub struct ServeConfig {
     /// safeloop's CPU kernels (false: candle's stock ops).
     pub host_kernels: bool,
     pub prefix_cache_tokens: usize,
+    pub log: Option<safeloop_shared::trajlog::LogConfig>,
+    pub log_fail_closed: bool,
 }
 
 fn read_file(path: &Path) -> Result<ServeArgs> {
@@ -140,6 +160,31 @@ impl ServeConfig {
             keep_alive: pick!(keep_alive).unwrap_or(10),
             shutdown_grace: pick!(shutdown_grace).unwrap_or(30),
             prefix_cache_tokens: pick!(prefix_cache_tokens).unwrap_or(8192),
+            log: match pick!(log_dir) {
+                None => None,
+                Some(dir) => {
+                    use safeloop_shared::trajlog::{Durability, LogConfig};
+                    let interval = std::time::Duration::from_millis(
+                        pick!(log_fsync_interval_ms).unwrap_or(100).max(1),
+                    );
+                    let durability = match pick!(log_fsync).as_deref() {
+                        None | Some("interval") => Durability::Interval(interval),
+                        Some("always") => Durability::Always,
+                        Some("never") => Durability::Never,
+                        Some(other) => {
+                            anyhow::bail!("--log-fsync: `{other}` is not always, interval or never")
+                        }
+                    };
+                    let mut c = LogConfig::new(dir);
+                    c.durability = durability;
+                    if let Some(b) = pick!(log_segment_bytes) {
+                        c.max_segment_bytes = b.max(1);
+                    }
+                    c.retention_bytes = pick!(log_retention_bytes);
+                    Some(c)
+                }
+            },
+            log_fail_closed: pick!(log_fail_closed).unwrap_or(false),
             host_kernels: match pick!(kernels).as_deref() {
                 None | Some("safeloop") => true,
                 Some("candle") => false,

@@ -9,10 +9,12 @@ mod config;
 mod engine_task;
 mod error;
 mod generate;
+mod logs;
 mod metrics;
 mod routes;
 mod server;
 mod state;
+mod trajectory;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,8 @@ struct Cli {
 enum Command {
     /// Generate from the command line with the batched engine.
     Generate(generate::GenerateArgs),
+    /// Print trajectory log records as JSON lines.
+    Logs(logs::LogsArgs),
 }
 
 fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
@@ -65,6 +69,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Logs(a)) => logs::run(a),
         None => (|| {
             let cfg = config::ServeConfig::resolve(cli.serve)?;
             let dev = device(&cli.device)?;

@@ -24,6 +24,11 @@ pub struct Metrics {
     pub disconnects: IntCounter,
     pub prefix_cache_tokens: IntGauge,
     pub prefix_cache_hits: IntCounter,
+    pub log_errors: IntCounter,
+    pub log_records: IntGauge,
+    pub log_bytes: IntGauge,
+    pub log_fsyncs: IntGauge,
+    pub log_fsync_seconds: prometheus::Gauge,
 }
 
 fn secs(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -134,6 +139,22 @@ impl Metrics {
                 "Prompt tokens served from the prefix cache instead of prefill",
             )
             .expect("valid"),
+            log_errors: IntCounter::new(
+                "safeloop_log_write_errors_total",
+                "Trajectory log writes that failed",
+            )
+            .expect("valid"),
+            log_records: IntGauge::new("safeloop_log_records_total", "Trajectory records written")
+                .expect("valid"),
+            log_bytes: IntGauge::new("safeloop_log_bytes_total", "Trajectory log bytes written")
+                .expect("valid"),
+            log_fsyncs: IntGauge::new("safeloop_log_fsyncs_total", "Trajectory log fsyncs")
+                .expect("valid"),
+            log_fsync_seconds: prometheus::Gauge::new(
+                "safeloop_log_fsync_seconds_total",
+                "Time spent in trajectory log fsyncs",
+            )
+            .expect("valid"),
             registry: Registry::new(),
         };
         let r = &m.registry;
@@ -155,6 +176,11 @@ impl Metrics {
             Box::new(m.disconnects.clone()),
             Box::new(m.prefix_cache_tokens.clone()),
             Box::new(m.prefix_cache_hits.clone()),
+            Box::new(m.log_errors.clone()),
+            Box::new(m.log_records.clone()),
+            Box::new(m.log_bytes.clone()),
+            Box::new(m.log_fsyncs.clone()),
+            Box::new(m.log_fsync_seconds.clone()),
         ];
         for c in all {
             r.register(c).expect("unique metric names");

@@ -47,7 +47,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Accepts the client's `X-Request-Id` or makes one; echoes it on the response.
-async fn request_id(req: Request, next: Next) -> Response {
+/// The request's id, available to handlers as an extension.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&REQUEST_ID)
@@ -55,10 +59,10 @@ async fn request_id(req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| crate::choices::random_id("req"));
+    req.extensions_mut().insert(RequestId(id.clone()));
     let span =
         tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
-    let _enter = span.enter();
-    let mut resp = next.run(req).await;
+    let mut resp = tracing::Instrument::instrument(next.run(req), span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
@@ -276,7 +280,14 @@ pub async fn serve(cfg: ServeConfig, device: candle_core::Device) -> Result<()> 
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
     let grace = cfg.shutdown_grace;
-    let state: Shared = Arc::new(AppState::new(cfg));
+    let log = match &cfg.log {
+        Some(lc) => Some(
+            safeloop_shared::trajlog::LogWriter::open(lc.clone())
+                .with_context(|| format!("opening the trajectory log in {}", lc.dir.display()))?,
+        ),
+        None => None,
+    };
+    let state: Shared = Arc::new(AppState::new(cfg, log));
     // Serve /health (503 "loading") while the model loads.
     let loader = state.clone();
     tokio::task::spawn_blocking(move || {
@@ -301,6 +312,9 @@ pub async fn serve(cfg: ServeConfig, device: candle_core::Device) -> Result<()> 
     tokio::select! {
         r = server => r.context("server error")?,
         _ = grace_timer => eprintln!("safeloop-serve: grace period over, exiting with requests in flight"),
+    }
+    if let Some(log) = &state.log {
+        log.close().context("sealing the trajectory log")?;
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// Unix time the server started (models' `created`).
     pub started: u64,
+    /// The trajectory log, when `--log-dir` is set.
+    pub log: Option<Arc<safeloop_shared::trajlog::LogWriter>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -28,8 +30,9 @@ pub fn unix_now() -> u64 {
 }
 
 impl AppState {
-    pub fn new(cfg: ServeConfig) -> Self {
+    pub fn new(cfg: ServeConfig, log: Option<Arc<safeloop_shared::trajlog::LogWriter>>) -> Self {
         Self {
+            log,
             cfg,
             metrics: Arc::new(Metrics::new()),
             engine: OnceLock::new(),

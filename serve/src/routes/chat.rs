@@ -4,11 +4,15 @@ use super::{admit, json_event, seeded, sse, token_text};
 use crate::api::*;
 use crate::choices::{self, finish_reason, random_id, Timer};
 use crate::error::ApiError;
+use crate::server::RequestId;
 use crate::state::{unix_now, Shared};
+use crate::trajectory::{self, RequestInfo};
 use crate::validate::{chat_prompt, check_lengths, sampling, ApiJson};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
+use safeloop_shared::engine::FinishReason;
 use safeloop_shared::engine::SampledToken;
 use safeloop_shared::Tokenizer;
 use tokio::sync::mpsc;
@@ -50,15 +54,20 @@ fn logprobs(tok: &Tokenizer, tokens: &[SampledToken]) -> ChatLogprobs {
         (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 pub async fn chat_completions(
     State(st): State<Shared>,
+    Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Response {
-    match handle(st, req).await {
+    match handle(st, rid.0, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(st: Shared, req: ChatCompletionRequest) -> Result<Response, ApiError> {
+async fn handle(
+    st: Shared,
+    request_id: String,
+    req: ChatCompletionRequest,
+) -> Result<Response, ApiError> {
     let engine = st.engine()?.clone();
     st.check_model(&req.model)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -95,10 +104,11 @@ async fn handle(st: Shared, req: ChatCompletionRequest) -> Result<Response, ApiE
     )?;
     admit(&st, engine.in_flight(), s.n as usize)?;
     let prompt_tokens = prompt.len() as u32;
-    let jobs = (0..s.n)
+    let jobs: Vec<_> = (0..s.n)
         .map(|i| (prompt.clone(), seeded(&params, i)))
         .collect();
     let timer = Timer::new(st.metrics.clone());
+    let info = RequestInfo::new(request_id, &jobs);
     let streams = choices::submit_all(&engine, jobs).await?;
     let id = random_id("chatcmpl");
     let created = unix_now();
@@ -112,6 +122,7 @@ async fn handle(st: Shared, req: ChatCompletionRequest) -> Result<Response, ApiE
         let want_lp = req.logprobs;
         let (tx, rx) = mpsc::channel(64);
         let metrics = st.metrics.clone();
+        let st2 = st.clone();
         tokio::spawn(async move {
             let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
                 id: id.clone(),
@@ -142,7 +153,16 @@ async fn handle(st: Shared, req: ChatCompletionRequest) -> Result<Response, ApiE
             }
             let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; n];
             let mut completion_tokens = 0u32;
+            let total_choices = streams.len();
+            let mut outputs: Vec<Vec<SampledToken>> = vec![vec![]; total_choices];
+            let mut reasons = vec![FinishReason::Stop; total_choices];
             let finished = choices::pump(streams, timer.clone(), &metrics, &tx, |i, u| {
+                if let Some(t) = &u.token {
+                    outputs[i].push(t.clone());
+                }
+                if let Some(r) = u.finished {
+                    reasons[i] = r;
+                }
                 if let Some(t) = u.token {
                     completion_tokens += 1;
                     if want_lp {
@@ -169,6 +189,16 @@ async fn handle(st: Shared, req: ChatCompletionRequest) -> Result<Response, ApiE
             })
             .await;
             if finished {
+                let logged = outputs
+                    .into_iter()
+                    .zip(reasons)
+                    .enumerate()
+                    .map(|(i, (o, r))| (i, o, r))
+                    .collect();
+                if let Err(e) = trajectory::record(&st2, &info, logged, &timer).await {
+                    let _ = tx.send(json_event(&e.body())).await;
+                    return;
+                }
                 let usage = include_usage.then(|| {
                     json_event(&chunk(
                         vec![],
@@ -185,7 +215,13 @@ async fn handle(st: Shared, req: ChatCompletionRequest) -> Result<Response, ApiE
         return Ok(sse(rx, st.cfg.keep_alive));
     }
 
-    let results = choices::collect_all(streams, timer, st.cfg.request_timeout).await?;
+    let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
+    let logged = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r.tokens.clone(), r.finish))
+        .collect();
+    trajectory::record(&st, &info, logged, &timer).await?;
     let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
     let body = ChatCompletion {
         id,

@@ -4,11 +4,15 @@ use super::{admit, json_event, seeded, sse, token_text};
 use crate::api::*;
 use crate::choices::{self, finish_reason, random_id, Timer};
 use crate::error::ApiError;
+use crate::server::RequestId;
 use crate::state::{unix_now, Shared};
+use crate::trajectory::{self, RequestInfo};
 use crate::validate::{check_lengths, completion_prompts, sampling, ApiJson};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
+use safeloop_shared::engine::FinishReason;
 use safeloop_shared::engine::{PromptLogprob, SampledToken};
 use safeloop_shared::Tokenizer;
 use tokio::sync::mpsc;
@@ -62,15 +66,20 @@ fn logprobs(
         (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 pub async fn completions(
     State(st): State<Shared>,
+    Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Response {
-    match handle(st, req).await {
+    match handle(st, rid.0, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError> {
+async fn handle(
+    st: Shared,
+    request_id: String,
+    req: CompletionRequest,
+) -> Result<Response, ApiError> {
     let engine = st.engine()?.clone();
     st.check_model(&req.model)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -125,6 +134,7 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
     admit(&st, engine.in_flight(), jobs.len())?;
     let n = s.n as usize;
     let timer = Timer::new(st.metrics.clone());
+    let info = RequestInfo::new(request_id, &jobs);
     let streams = choices::submit_all(&engine, jobs).await?;
     let id = random_id("cmpl");
     let created = unix_now();
@@ -137,6 +147,7 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
         let total = streams.len();
         let (tx, rx) = mpsc::channel(64);
         let metrics = st.metrics.clone();
+        let st2 = st.clone();
         tokio::spawn(async move {
             let chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
                 id: id.clone(),
@@ -151,7 +162,16 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
             let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; total];
             let mut echoed = vec![!echo; total];
             let mut completion_tokens = 0u32;
+            let total_choices = streams.len();
+            let mut outputs: Vec<Vec<SampledToken>> = vec![vec![]; total_choices];
+            let mut reasons = vec![FinishReason::Stop; total_choices];
             let finished = choices::pump(streams, timer.clone(), &metrics, &tx, |i, u| {
+                if let Some(t) = &u.token {
+                    outputs[i].push(t.clone());
+                }
+                if let Some(r) = u.finished {
+                    reasons[i] = r;
+                }
                 let mut text = String::new();
                 let mut prompt_lp: Vec<PromptLogprob> = vec![];
                 if !echoed[i] {
@@ -190,6 +210,16 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
             })
             .await;
             if finished {
+                let logged = outputs
+                    .into_iter()
+                    .zip(reasons)
+                    .enumerate()
+                    .map(|(i, (o, r))| (i, o, r))
+                    .collect();
+                if let Err(e) = trajectory::record(&st2, &info, logged, &timer).await {
+                    let _ = tx.send(json_event(&e.body())).await;
+                    return;
+                }
                 let usage = include_usage.then(|| {
                     json_event(&chunk(
                         vec![],
@@ -206,7 +236,13 @@ async fn handle(st: Shared, req: CompletionRequest) -> Result<Response, ApiError
         return Ok(sse(rx, st.cfg.keep_alive));
     }
 
-    let results = choices::collect_all(streams, timer, st.cfg.request_timeout).await?;
+    let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
+    let logged = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r.tokens.clone(), r.finish))
+        .collect();
+    trajectory::record(&st, &info, logged, &timer).await?;
     let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
     let choices = results
         .into_iter()

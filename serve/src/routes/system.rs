@@ -29,6 +29,16 @@ pub async fn health(State(st): State<Shared>) -> Response {
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
 pub async fn metrics(State(st): State<Shared>) -> Response {
+    if let Some(log) = &st.log {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = log.stats();
+        st.metrics.log_records.set(s.records.load(Relaxed) as i64);
+        st.metrics.log_bytes.set(s.bytes.load(Relaxed) as i64);
+        st.metrics.log_fsyncs.set(s.fsyncs.load(Relaxed) as i64);
+        st.metrics
+            .log_fsync_seconds
+            .set(s.fsync_nanos.load(Relaxed) as f64 / 1e9);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,95 @@
+//! Writing a request's finished choices to the trajectory log.
+
+use crate::choices::Timer;
+use crate::error::ApiError;
+use crate::state::{unix_now, Shared};
+use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams};
+use safeloop_shared::trajlog::{GateDecision, Latencies, TrajectoryRecord};
+
+/// What a request submitted: one (prompt ids, sampling params) per choice.
+pub struct RequestInfo {
+    pub request_id: String,
+    pub created_ms: u64,
+    pub jobs: Vec<(Vec<u32>, SamplingParams)>,
+}
+
+impl RequestInfo {
+    pub fn new(request_id: String, jobs: &[(Vec<u32>, SamplingParams)]) -> Self {
+        Self {
+            request_id,
+            created_ms: unix_now() * 1000,
+            jobs: jobs.to_vec(),
+        }
+    }
+}
+
+/// Appends one record per finished choice (blocking I/O off the async runtime). With
+/// `--log-fail-closed` a failed write is a 503; otherwise it is counted and the response
+/// goes out unlogged.
+pub async fn record(
+    st: &Shared,
+    info: &RequestInfo,
+    choices: Vec<(usize, Vec<SampledToken>, FinishReason)>,
+    timer: &Timer,
+) -> Result<(), ApiError> {
+    let Some(log) = st.log.clone() else {
+        return Ok(());
+    };
+    let finished_ms = unix_now() * 1000;
+    let latencies = Latencies {
+        queue_ms: 0.0,
+        ttft_ms: timer.ttft_ms().unwrap_or(0.0),
+        e2e_ms: timer.elapsed_ms(),
+    };
+    let records: Vec<TrajectoryRecord> = choices
+        .into_iter()
+        .map(|(i, tokens, finish)| {
+            let (prompt, params) = &info.jobs[i];
+            TrajectoryRecord {
+                request_id: info.request_id.clone(),
+                choice_index: i as u32,
+                created_ms: info.created_ms,
+                finished_ms,
+                model: st.cfg.served_model_name.clone(),
+                weight_version: st.fingerprint(),
+                prompt_ids: prompt.clone(),
+                output_ids: tokens.iter().map(|t| t.id).collect(),
+                logprobs: tokens.iter().map(|t| t.logprob).collect(),
+                sampling: params.clone(),
+                finish_reason: finish.as_str().to_string(),
+                reward: None,
+                cost: None,
+                gate: GateDecision {
+                    action: "off".into(),
+                    ..Default::default()
+                },
+                blocked: false,
+                latencies: latencies.clone(),
+            }
+        })
+        .collect();
+    let metrics = st.metrics.clone();
+    let result = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let before = log.stats().bytes.load(std::sync::atomic::Ordering::Relaxed);
+        for r in &records {
+            log.append(r)?;
+        }
+        Ok(log.stats().bytes.load(std::sync::atomic::Ordering::Relaxed) - before)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("log task: {e}")))?;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            metrics.log_errors.inc();
+            tracing::error!(request = %info.request_id, "trajectory log write failed: {e}");
+            if st.cfg.log_fail_closed {
+                Err(ApiError::unavailable(format!(
+                    "the trajectory log cannot be written: {e}"
+                )))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
