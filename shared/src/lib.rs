@@ -12,6 +12,7 @@ pub mod model;
 pub mod quant;
 pub mod rope;
 pub mod runtime;
+pub mod scoring;
 pub mod tokenizer;
 pub mod trajlog;
 pub mod weights;
