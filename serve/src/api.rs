@@ -152,12 +152,26 @@ pub struct ChatMessageOut {
     pub content: String,
 }
 
+/// Scores attached to a choice when the server has a cost and/or reward model.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SafetyInfo {
+    /// Cost-model end score; > 0 means unsafe.
+    pub cost: Option<f32>,
+    pub reward: Option<f32>,
+    /// cost > the gate threshold.
+    pub flagged: bool,
+    /// What the gate did: `annotate`, or `unscored` when scoring failed.
+    pub action: String,
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatChoice {
     pub index: u32,
     pub message: ChatMessageOut,
     pub finish_reason: String,
     pub logprobs: Option<ChatLogprobs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -214,6 +228,8 @@ pub struct CompletionChoice {
     pub text: String,
     pub finish_reason: Option<String>,
     pub logprobs: Option<CompletionLogprobs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -259,4 +275,38 @@ pub struct ErrorResponse {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Health {
     pub status: String,
+}
+
+/// `input`: a string or a list of strings.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ModerationRequest {
+    pub input: StringOrList,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModerationCategories {
+    pub harm: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModerationScores {
+    pub harm: f32,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModerationResult {
+    pub flagged: bool,
+    pub categories: ModerationCategories,
+    /// `sigmoid(cost)`: 0.5 at the safe/unsafe boundary.
+    pub category_scores: ModerationScores,
+    /// The raw cost-model score.
+    pub cost: f32,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModerationResponse {
+    pub id: String,
+    pub model: String,
+    pub results: Vec<ModerationResult>,
 }

@@ -60,6 +60,15 @@ pub struct ServeArgs {
     /// Seconds graceful shutdown waits for in-flight requests [default: 30]
     #[arg(long, env = "SAFELOOP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// Cost model (safe-rlhf score-model directory): every choice is scored; cost > 0 is unsafe
+    #[arg(long, env = "SAFELOOP_COST_MODEL")]
+    pub cost_model: Option<PathBuf>,
+    /// Reward model (safe-rlhf score-model directory) [default: none]
+    #[arg(long, env = "SAFELOOP_REWARD_MODEL")]
+    pub reward_model: Option<PathBuf>,
+    /// Choices with cost above this are flagged [default: 0.0]
+    #[arg(long, env = "SAFELOOP_GATE_THRESHOLD")]
+    pub gate_threshold: Option<f32>,
     /// Write every finished choice to a trajectory log in this directory [default: off]
     #[arg(long, env = "SAFELOOP_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
@@ -110,6 +119,9 @@ pub struct ServeConfig {
     pub prefix_cache_tokens: usize,
     pub log: Option<safeloop_shared::trajlog::LogConfig>,
     pub log_fail_closed: bool,
+    pub cost_model: Option<PathBuf>,
+    pub reward_model: Option<PathBuf>,
+    pub gate_threshold: f32,
 }
 
 fn read_file(path: &Path) -> Result<ServeArgs> {
@@ -185,6 +197,9 @@ impl ServeConfig {
                 }
             },
             log_fail_closed: pick!(log_fail_closed).unwrap_or(false),
+            cost_model: pick!(cost_model),
+            reward_model: pick!(reward_model),
+            gate_threshold: pick!(gate_threshold).unwrap_or(0.0),
             host_kernels: match pick!(kernels).as_deref() {
                 None | Some("safeloop") => true,
                 Some("candle") => false,

@@ -12,6 +12,7 @@ mod generate;
 mod logs;
 mod metrics;
 mod routes;
+mod safety;
 mod server;
 mod state;
 mod trajectory;

@@ -32,6 +32,7 @@ use utoipa::OpenApi;
         completions::completions,
         models::list,
         models::get,
+        crate::routes::moderations::moderations,
         system::health,
         system::metrics,
         system::openapi
@@ -135,6 +136,10 @@ pub fn router(state: Shared) -> Router {
         .route("/completions", post(completions::completions))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::get))
+        .route(
+            "/moderations",
+            post(crate::routes::moderations::moderations),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .nest("/v1", v1)
@@ -223,6 +228,20 @@ fn load(state: &Shared, device: candle_core::Device) -> Result<()> {
             format!("loading {}", cfg.model.display())
         }
     })?;
+    let safety = crate::safety::Safety {
+        cost: cfg
+            .cost_model
+            .as_deref()
+            .map(|p| crate::safety::ScorerHandle::start(p, "cost"))
+            .transpose()?,
+        reward: cfg
+            .reward_model
+            .as_deref()
+            .map(|p| crate::safety::ScorerHandle::start(p, "reward"))
+            .transpose()?,
+        threshold: cfg.gate_threshold,
+    };
+    let _ = state.safety.set(safety);
     let fp = fingerprint(cfg);
     state
         .metrics

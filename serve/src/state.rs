@@ -19,6 +19,8 @@ pub struct AppState {
     pub started: u64,
     /// The trajectory log, when `--log-dir` is set.
     pub log: Option<Arc<safeloop_shared::trajlog::LogWriter>>,
+    /// Cost / reward models (set with the policy once loaded).
+    pub safety: OnceLock<crate::safety::Safety>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -33,6 +35,7 @@ impl AppState {
     pub fn new(cfg: ServeConfig, log: Option<Arc<safeloop_shared::trajlog::LogWriter>>) -> Self {
         Self {
             log,
+            safety: OnceLock::new(),
             cfg,
             metrics: Arc::new(Metrics::new()),
             engine: OnceLock::new(),
@@ -54,6 +57,10 @@ impl AppState {
         self.engine
             .get()
             .ok_or_else(|| ApiError::unavailable("the model is still loading"))
+    }
+
+    pub fn safety(&self) -> crate::safety::Safety {
+        self.safety.get().cloned().unwrap_or_default()
     }
 
     pub fn fingerprint(&self) -> String {

@@ -1,5 +1,6 @@
 //! Writing a request's finished choices to the trajectory log.
 
+use crate::api::SafetyInfo;
 use crate::choices::Timer;
 use crate::error::ApiError;
 use crate::state::{unix_now, Shared};
@@ -29,7 +30,7 @@ impl RequestInfo {
 pub async fn record(
     st: &Shared,
     info: &RequestInfo,
-    choices: Vec<(usize, Vec<SampledToken>, FinishReason)>,
+    choices: Vec<(usize, Vec<SampledToken>, FinishReason, Option<SafetyInfo>)>,
     timer: &Timer,
 ) -> Result<(), ApiError> {
     let Some(log) = st.log.clone() else {
@@ -43,7 +44,7 @@ pub async fn record(
     };
     let records: Vec<TrajectoryRecord> = choices
         .into_iter()
-        .map(|(i, tokens, finish)| {
+        .map(|(i, tokens, finish, safety)| {
             let (prompt, params) = &info.jobs[i];
             TrajectoryRecord {
                 request_id: info.request_id.clone(),
@@ -57,10 +58,11 @@ pub async fn record(
                 logprobs: tokens.iter().map(|t| t.logprob).collect(),
                 sampling: params.clone(),
                 finish_reason: finish.as_str().to_string(),
-                reward: None,
-                cost: None,
+                reward: safety.as_ref().and_then(|s| s.reward),
+                cost: safety.as_ref().and_then(|s| s.cost),
                 gate: GateDecision {
-                    action: "off".into(),
+                    action: safety.as_ref().map_or("off".into(), |s| s.action.clone()),
+                    flagged: safety.as_ref().is_some_and(|s| s.flagged),
                     ..Default::default()
                 },
                 blocked: false,

@@ -136,7 +136,10 @@ pub fn sampling(
 }
 
 /// Chat messages → template → token ids.
-pub fn chat_prompt(messages: &[ChatMessageIn], tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+pub fn chat_prompt(
+    messages: &[ChatMessageIn],
+    tok: &Tokenizer,
+) -> Result<(Vec<u32>, Vec<ChatMessage>), ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_request(
             "messages",
@@ -183,7 +186,7 @@ pub fn chat_prompt(messages: &[ChatMessageIn], tok: &Tokenizer) -> Result<Vec<u3
         msgs.push(ChatMessage { role, content });
     }
     let add_generation_prompt = msgs.last().is_none_or(|m| m.role != "assistant");
-    Ok(tok.encode_chat(&msgs, add_generation_prompt)?)
+    Ok((tok.encode_chat(&msgs, add_generation_prompt)?, msgs))
 }
 
 /// Completion prompts → token ids (one list per prompt).

@@ -88,7 +88,9 @@ impl Scorer {
     pub fn encode(&self, messages: &[ChatMessage], response: Option<&str>) -> Result<Vec<u32>> {
         let eos = self.tokenizer.eos_token().unwrap_or("");
         let mut ids = match self.format {
-            ScoreFormat::SafeRlhf => self.tokenizer.encode(&safe_rlhf_text(messages, response, eos), true)?,
+            ScoreFormat::SafeRlhf => self
+                .tokenizer
+                .encode(&safe_rlhf_text(messages, response, eos), true)?,
             ScoreFormat::ChatTemplate => {
                 let mut all = messages.to_vec();
                 let with_response = response.is_some();
@@ -119,6 +121,11 @@ impl Scorer {
             .iter()
             .map(|(m, r)| self.encode(m, r.as_deref()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(self.model.score(&seqs)?.into_iter().map(|o| o.end).collect())
+        Ok(self
+            .model
+            .score(&seqs)?
+            .into_iter()
+            .map(|o| o.end)
+            .collect())
     }
 }

@@ -129,7 +129,12 @@ fn a_causal_lm_directory_is_not_a_score_model() {
 fn scorer_reproduces_golden_end_scores_from_prompt_and_response_text() {
     use safeloop_shared::scoring::{ScoreFormat, Scorer};
     let g = golden_json("llama-gqa-score");
-    let scorer = Scorer::load(&golden_dir("llama-gqa-score"), &LoadOptions::default(), ScoreFormat::SafeRlhf).unwrap();
+    let scorer = Scorer::load(
+        &golden_dir("llama-gqa-score"),
+        &LoadOptions::default(),
+        ScoreFormat::SafeRlhf,
+    )
+    .unwrap();
     let items: Vec<(Vec<ChatMessage>, Option<String>)> = g["texts"]
         .as_array()
         .unwrap()
@@ -142,23 +147,43 @@ fn scorer_reproduces_golden_end_scores_from_prompt_and_response_text() {
                 .unwrap()
                 .split_once(" ASSISTANT:")
                 .unwrap();
-            (vec![ChatMessage::new("user", prompt)], Some(response.to_string()))
+            (
+                vec![ChatMessage::new("user", prompt)],
+                Some(response.to_string()),
+            )
         })
         .collect();
     let (ids, mask) = golden_rows(&g);
     for (b, (m, r)) in items.iter().enumerate() {
-        let want: Vec<u32> = ids[b].iter().zip(&mask[b]).filter(|(_, &k)| k).map(|(&t, _)| t).collect();
+        let want: Vec<u32> = ids[b]
+            .iter()
+            .zip(&mask[b])
+            .filter(|(_, &k)| k)
+            .map(|(&t, _)| t)
+            .collect();
         assert_eq!(scorer.encode(m, r.as_deref()).unwrap(), want, "row {b}");
     }
     let scores = scorer.score(&items).unwrap();
     for (b, s) in scores.iter().enumerate() {
-        assert_close(&format!("row {b}"), s, &[g["end_scores"][b].as_f64().unwrap() as f32], TOL);
+        assert_close(
+            &format!("row {b}"),
+            s,
+            &[g["end_scores"][b].as_f64().unwrap() as f32],
+            TOL,
+        );
     }
     // Multi-turn follows safe-rlhf: each earlier assistant turn ends with eos.
     let text = safeloop_shared::scoring::safe_rlhf_text(
-        &[ChatMessage::new("user", "a"), ChatMessage::new("assistant", "b"), ChatMessage::new("user", "c")],
+        &[
+            ChatMessage::new("user", "a"),
+            ChatMessage::new("assistant", "b"),
+            ChatMessage::new("user", "c"),
+        ],
         Some("d"),
         "</s>",
     );
-    assert_eq!(text, "BEGINNING OF CONVERSATION: USER: a ASSISTANT:b</s>USER: c ASSISTANT:d");
+    assert_eq!(
+        text,
+        "BEGINNING OF CONVERSATION: USER: a ASSISTANT:b</s>USER: c ASSISTANT:d"
+    );
 }

@@ -94,7 +94,7 @@ async fn handle(
     let max = req.max_completion_tokens.or(req.sampling.max_tokens);
     let s = sampling(&req.sampling, max, top, req.logprobs, &st)?;
     let mut params = s.params;
-    let prompt = chat_prompt(&req.messages, &engine.tokenizer)?;
+    let (prompt, conversation) = chat_prompt(&req.messages, &engine.tokenizer)?;
     check_lengths(
         prompt.len(),
         &mut params,
@@ -156,10 +156,12 @@ async fn handle(
             let total_choices = streams.len();
             let mut outputs: Vec<Vec<SampledToken>> = vec![vec![]; total_choices];
             let mut reasons = vec![FinishReason::Stop; total_choices];
+            let mut texts = vec![String::new(); total_choices];
             let finished = choices::pump(streams, timer.clone(), &metrics, &tx, |i, u| {
                 if let Some(t) = &u.token {
                     outputs[i].push(t.clone());
                 }
+                texts[i].push_str(&u.text);
                 if let Some(r) = u.finished {
                     reasons[i] = r;
                 }
@@ -189,11 +191,21 @@ async fn handle(
             })
             .await;
             if finished {
+                let scores = st2
+                    .safety()
+                    .annotate(
+                        texts
+                            .into_iter()
+                            .map(|t| (conversation.clone(), Some(t)))
+                            .collect(),
+                    )
+                    .await;
                 let logged = outputs
                     .into_iter()
                     .zip(reasons)
+                    .zip(scores)
                     .enumerate()
-                    .map(|(i, (o, r))| (i, o, r))
+                    .map(|(i, ((o, r), sc))| (i, o, r, sc))
                     .collect();
                 if let Err(e) = trajectory::record(&st2, &info, logged, &timer).await {
                     let _ = tx.send(json_event(&e.body())).await;
@@ -216,10 +228,20 @@ async fn handle(
     }
 
     let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
+    let scores = st
+        .safety()
+        .annotate(
+            results
+                .iter()
+                .map(|r| (conversation.clone(), Some(r.text.clone())))
+                .collect(),
+        )
+        .await;
     let logged = results
         .iter()
+        .zip(&scores)
         .enumerate()
-        .map(|(i, r)| (i, r.tokens.clone(), r.finish))
+        .map(|(i, (r, sc))| (i, r.tokens.clone(), r.finish, sc.clone()))
         .collect();
     trajectory::record(&st, &info, logged, &timer).await?;
     let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
@@ -231,8 +253,10 @@ async fn handle(
         system_fingerprint: fingerprint,
         choices: results
             .into_iter()
+            .zip(scores)
             .enumerate()
-            .map(|(i, r)| ChatChoice {
+            .map(|(i, (r, safety))| ChatChoice {
+                safety,
                 index: i as u32,
                 logprobs: req.logprobs.then(|| logprobs(&tok, &r.tokens)),
                 message: ChatMessageOut {

@@ -14,7 +14,7 @@ use axum::Extension;
 use axum::Json;
 use safeloop_shared::engine::FinishReason;
 use safeloop_shared::engine::{PromptLogprob, SampledToken};
-use safeloop_shared::Tokenizer;
+use safeloop_shared::{ChatMessage, Tokenizer};
 use tokio::sync::mpsc;
 
 /// OpenAI's default for this endpoint.
@@ -161,6 +161,7 @@ async fn handle(
             let mut offsets = vec![0u32; total];
             let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; total];
             let mut echoed = vec![!echo; total];
+            let mut texts = vec![String::new(); total];
             let mut completion_tokens = 0u32;
             let total_choices = streams.len();
             let mut outputs: Vec<Vec<SampledToken>> = vec![vec![]; total_choices];
@@ -186,6 +187,7 @@ async fn handle(
                     }
                 }
                 text.push_str(&u.text);
+                texts[i].push_str(&u.text);
                 if text.is_empty() && u.finished.is_none() {
                     return None;
                 }
@@ -200,6 +202,7 @@ async fn handle(
                 offsets[i] += text.chars().count() as u32;
                 Some(json_event(&chunk(
                     vec![CompletionChoice {
+                        safety: None,
                         index: i as u32,
                         text,
                         finish_reason: u.finished.map(finish_reason),
@@ -210,11 +213,27 @@ async fn handle(
             })
             .await;
             if finished {
+                let scores = st2
+                    .safety()
+                    .annotate(
+                        texts
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, t)| {
+                                (
+                                    vec![ChatMessage::new("user", &prompt_texts[i / n])],
+                                    Some(t),
+                                )
+                            })
+                            .collect(),
+                    )
+                    .await;
                 let logged = outputs
                     .into_iter()
                     .zip(reasons)
+                    .zip(scores)
                     .enumerate()
-                    .map(|(i, (o, r))| (i, o, r))
+                    .map(|(i, ((o, r), sc))| (i, o, r, sc))
                     .collect();
                 if let Err(e) = trajectory::record(&st2, &info, logged, &timer).await {
                     let _ = tx.send(json_event(&e.body())).await;
@@ -237,23 +256,41 @@ async fn handle(
     }
 
     let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
+    let scores = st
+        .safety()
+        .annotate(
+            results
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    (
+                        vec![ChatMessage::new("user", &prompt_texts[i / n])],
+                        Some(r.text.clone()),
+                    )
+                })
+                .collect(),
+        )
+        .await;
     let logged = results
         .iter()
+        .zip(&scores)
         .enumerate()
-        .map(|(i, r)| (i, r.tokens.clone(), r.finish))
+        .map(|(i, (r, sc))| (i, r.tokens.clone(), r.finish, sc.clone()))
         .collect();
     trajectory::record(&st, &info, logged, &timer).await?;
     let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
     let choices = results
         .into_iter()
+        .zip(scores)
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, (r, safety))| {
             let prompt_text = if echo {
                 prompt_texts[i / n].as_str()
             } else {
                 ""
             };
             CompletionChoice {
+                safety,
                 index: i as u32,
                 logprobs: want_lp.then(|| logprobs(&tok, &r.prompt_logprobs, &r.tokens, 0)),
                 text: format!("{prompt_text}{}", r.text),

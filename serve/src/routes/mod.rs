@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod completions;
 pub mod models;
+pub mod moderations;
 pub mod system;
 
 use crate::error::ApiError;
