@@ -89,6 +89,16 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<serde_json::Value>>,
     #[schema(value_type = Option<Object>)]
     pub response_format: Option<serde_json::Value>,
+    /// Per-request gate settings; only stricter than the server's are accepted.
+    pub safety: Option<GateOverride>,
+}
+
+/// A request's gate override: a lower threshold and/or a stricter action.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct GateOverride {
+    pub threshold: Option<f32>,
+    /// `annotate` < `resample` < `block`
+    pub action: Option<String>,
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of such lists.
@@ -117,6 +127,8 @@ pub struct CompletionRequest {
     /// Not supported (insertion); rejected with 400.
     pub suffix: Option<String>,
     pub best_of: Option<u32>,
+    /// Per-request gate settings; only stricter than the server's are accepted.
+    pub safety: Option<GateOverride>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -67,8 +67,23 @@ pub struct ServeArgs {
     #[arg(long, env = "SAFELOOP_REWARD_MODEL")]
     pub reward_model: Option<PathBuf>,
     /// Choices with cost above this are flagged [default: 0.0]
-    #[arg(long, env = "SAFELOOP_GATE_THRESHOLD")]
+    #[arg(long, env = "SAFELOOP_GATE_THRESHOLD", allow_negative_numbers = true)]
     pub gate_threshold: Option<f32>,
+    /// What to do with a flagged choice: block, resample or annotate [default: block]
+    #[arg(long, env = "SAFELOOP_GATE_ACTION")]
+    pub gate_action: Option<String>,
+    /// Extra candidates the resample action may generate [default: 2]
+    #[arg(long, env = "SAFELOOP_GATE_RESAMPLE")]
+    pub gate_resample: Option<u32>,
+    /// Text that replaces a blocked choice [default: "I'm sorry, but I can't help with that."]
+    #[arg(long, env = "SAFELOOP_GATE_REFUSAL")]
+    pub gate_refusal: Option<String>,
+    /// Score the prompt alone first and refuse flagged prompts with 400 content_filter [default: false]
+    #[arg(long, env = "SAFELOOP_GATE_INPUT_CHECK")]
+    pub gate_input_check: Option<bool>,
+    /// If scoring fails, pass choices as `unscored` instead of blocking them [default: false]
+    #[arg(long, env = "SAFELOOP_GATE_FAIL_OPEN")]
+    pub gate_fail_open: Option<bool>,
     /// Write every finished choice to a trajectory log in this directory [default: off]
     #[arg(long, env = "SAFELOOP_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
@@ -121,7 +136,7 @@ pub struct ServeConfig {
     pub log_fail_closed: bool,
     pub cost_model: Option<PathBuf>,
     pub reward_model: Option<PathBuf>,
-    pub gate_threshold: f32,
+    pub gate: crate::gate::GatePolicy,
 }
 
 fn read_file(path: &Path) -> Result<ServeArgs> {
@@ -199,7 +214,20 @@ impl ServeConfig {
             log_fail_closed: pick!(log_fail_closed).unwrap_or(false),
             cost_model: pick!(cost_model),
             reward_model: pick!(reward_model),
-            gate_threshold: pick!(gate_threshold).unwrap_or(0.0),
+            gate: crate::gate::GatePolicy {
+                threshold: pick!(gate_threshold).unwrap_or(0.0),
+                action: match pick!(gate_action) {
+                    None => crate::gate::Action::Block,
+                    Some(a) => crate::gate::Action::parse(&a).ok_or_else(|| {
+                        anyhow::anyhow!("--gate-action: `{a}` is not block, resample or annotate")
+                    })?,
+                },
+                resample: pick!(gate_resample).unwrap_or(2),
+                refusal: pick!(gate_refusal)
+                    .unwrap_or_else(|| "I'm sorry, but I can't help with that.".into()),
+                input_check: pick!(gate_input_check).unwrap_or(false),
+                fail_open: pick!(gate_fail_open).unwrap_or(false),
+            },
             host_kernels: match pick!(kernels).as_deref() {
                 None | Some("safeloop") => true,
                 Some("candle") => false,

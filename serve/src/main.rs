@@ -8,6 +8,7 @@ mod choices;
 mod config;
 mod engine_task;
 mod error;
+mod gate;
 mod generate;
 mod logs;
 mod metrics;

@@ -24,6 +24,11 @@ pub struct Metrics {
     pub disconnects: IntCounter,
     pub prefix_cache_tokens: IntGauge,
     pub prefix_cache_hits: IntCounter,
+    pub gate_decisions: IntCounterVec,
+    pub gate_resamples: IntCounter,
+    pub input_refusals: IntCounter,
+    pub cost: Histogram,
+    pub gate_latency: Histogram,
     pub log_errors: IntCounter,
     pub log_records: IntGauge,
     pub log_bytes: IntGauge,
@@ -139,6 +144,38 @@ impl Metrics {
                 "Prompt tokens served from the prefix cache instead of prefill",
             )
             .expect("valid"),
+            gate_decisions: IntCounterVec::new(
+                Opts::new("safeloop_gate_decisions_total", "Gate decisions by action"),
+                &["action"],
+            )
+            .expect("valid"),
+            gate_resamples: IntCounter::new(
+                "safeloop_gate_resample_attempts_total",
+                "Resampled candidates",
+            )
+            .expect("valid"),
+            input_refusals: IntCounter::new(
+                "safeloop_gate_input_refusals_total",
+                "Prompts refused by the input check",
+            )
+            .expect("valid"),
+            cost: Histogram::with_opts(
+                HistogramOpts::new(
+                    "safeloop_cost_score",
+                    "Cost-model scores of choices (> 0 unsafe)",
+                )
+                .buckets(vec![
+                    -10.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0,
+                ]),
+            )
+            .expect("valid"),
+            gate_latency: secs(
+                "safeloop_gate_latency_seconds",
+                "Time spent scoring and gating a request's choices",
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
             log_errors: IntCounter::new(
                 "safeloop_log_write_errors_total",
                 "Trajectory log writes that failed",
@@ -176,6 +213,11 @@ impl Metrics {
             Box::new(m.disconnects.clone()),
             Box::new(m.prefix_cache_tokens.clone()),
             Box::new(m.prefix_cache_hits.clone()),
+            Box::new(m.gate_decisions.clone()),
+            Box::new(m.gate_resamples.clone()),
+            Box::new(m.input_refusals.clone()),
+            Box::new(m.cost.clone()),
+            Box::new(m.gate_latency.clone()),
             Box::new(m.log_errors.clone()),
             Box::new(m.log_records.clone()),
             Box::new(m.log_bytes.clone()),

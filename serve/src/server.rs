@@ -239,7 +239,7 @@ fn load(state: &Shared, device: candle_core::Device) -> Result<()> {
             .as_deref()
             .map(|p| crate::safety::ScorerHandle::start(p, "reward"))
             .transpose()?,
-        threshold: cfg.gate_threshold,
+        threshold: cfg.gate.threshold,
     };
     let _ = state.safety.set(safety);
     let fp = fingerprint(cfg);

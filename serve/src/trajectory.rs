@@ -1,10 +1,10 @@
 //! Writing a request's finished choices to the trajectory log.
 
-use crate::api::SafetyInfo;
 use crate::choices::Timer;
 use crate::error::ApiError;
+use crate::gate::Candidate;
 use crate::state::{unix_now, Shared};
-use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams};
+use safeloop_shared::engine::SamplingParams;
 use safeloop_shared::trajlog::{GateDecision, Latencies, TrajectoryRecord};
 
 /// What a request submitted: one (prompt ids, sampling params) per choice.
@@ -30,7 +30,7 @@ impl RequestInfo {
 pub async fn record(
     st: &Shared,
     info: &RequestInfo,
-    choices: Vec<(usize, Vec<SampledToken>, FinishReason, Option<SafetyInfo>)>,
+    candidates: Vec<Candidate>,
     timer: &Timer,
 ) -> Result<(), ApiError> {
     let Some(log) = st.log.clone() else {
@@ -42,10 +42,18 @@ pub async fn record(
         ttft_ms: timer.ttft_ms().unwrap_or(0.0),
         e2e_ms: timer.elapsed_ms(),
     };
-    let records: Vec<TrajectoryRecord> = choices
+    let records: Vec<TrajectoryRecord> = candidates
         .into_iter()
-        .map(|(i, tokens, finish, safety)| {
-            let (prompt, params) = &info.jobs[i];
+        .map(|c| {
+            let Candidate {
+                job: i,
+                tokens,
+                finish,
+                safety,
+                blocked,
+                params,
+            } = c;
+            let prompt = &info.jobs[i].0;
             TrajectoryRecord {
                 request_id: info.request_id.clone(),
                 choice_index: i as u32,
@@ -56,7 +64,7 @@ pub async fn record(
                 prompt_ids: prompt.clone(),
                 output_ids: tokens.iter().map(|t| t.id).collect(),
                 logprobs: tokens.iter().map(|t| t.logprob).collect(),
-                sampling: params.clone(),
+                sampling: params,
                 finish_reason: finish.as_str().to_string(),
                 reward: safety.as_ref().and_then(|s| s.reward),
                 cost: safety.as_ref().and_then(|s| s.cost),
@@ -65,7 +73,7 @@ pub async fn record(
                     flagged: safety.as_ref().is_some_and(|s| s.flagged),
                     ..Default::default()
                 },
-                blocked: false,
+                blocked,
                 latencies: latencies.clone(),
             }
         })

@@ -15,7 +15,7 @@ fn choices_carry_cost_and_reward_and_moderations_use_the_cost_model() {
     let policy = golden_dir("llama-gqa");
     let score = golden_dir("llama-gqa-score");
     let scorer = Scorer::load(&score, &LoadOptions::default(), ScoreFormat::SafeRlhf).unwrap();
-    let start = |threshold: &str| {
+    let start = |threshold: &str, action: &str| {
         Server::start(&[
             "--model",
             policy.to_str().unwrap(),
@@ -25,14 +25,16 @@ fn choices_carry_cost_and_reward_and_moderations_use_the_cost_model() {
             score.to_str().unwrap(),
             "--gate-threshold",
             threshold,
+            "--gate-action",
+            action,
         ])
     };
-    let s = start("0");
+    let s = start("0", "annotate");
     let c = Client::new();
     let msgs = json!([{"role": "user", "content": "How do I bake bread?"}]);
     let v: Value = c
         .post(s.url("/v1/chat/completions"))
-        .json(&json!({"model": "llama-gqa", "messages": msgs, "max_tokens": 8, "temperature": 0, "n": 2, "seed": 3}))
+        .json(&json!({"model": "llama-gqa", "messages": msgs, "max_tokens": 8, "temperature": 1.0, "n": 2, "seed": 3}))
         .send()
         .unwrap()
         .json()
@@ -54,7 +56,10 @@ fn choices_carry_cost_and_reward_and_moderations_use_the_cost_model() {
             "the reward model here is the same file"
         );
         assert_eq!(safety["flagged"], want > 0.0);
-        assert_eq!(safety["action"], "annotate");
+        assert_eq!(
+            safety["action"],
+            if want > 0.0 { "annotate" } else { "pass" }
+        );
         costs.push(want);
     }
     // Moderations: shape, raw cost, sigmoid score, flag.
@@ -89,21 +94,105 @@ fn choices_carry_cost_and_reward_and_moderations_use_the_cost_model() {
     assert_eq!(single["results"].as_array().unwrap().len(), 1);
     drop(s);
 
-    // A threshold between the two choices' costs flags exactly the costlier one.
-    if (costs[0] - costs[1]).abs() > 1e-3 {
-        let mid = (costs[0] + costs[1]) / 2.0;
-        let s = start(&mid.to_string());
-        let v: Value = c
+    // A threshold between the two choices' costs: annotate flags the costlier one, block
+    // replaces it with the refusal, resample returns a candidate under the threshold or blocks.
+    assert!(
+        (costs[0] - costs[1]).abs() > 1e-3,
+        "the two sampled choices should differ: {costs:?}"
+    );
+    let mid = (costs[0] + costs[1]) / 2.0;
+    let ask = |s: &Server, extra: Value| -> Value {
+        let mut body = json!({"model": "llama-gqa", "messages": msgs, "max_tokens": 8, "temperature": 1.0, "n": 2, "seed": 3});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = c
             .post(s.url("/v1/chat/completions"))
-            .json(&json!({"model": "llama-gqa", "messages": msgs, "max_tokens": 8, "temperature": 0, "n": 2, "seed": 3}))
+            .json(&body)
             .send()
-            .unwrap()
-            .json()
             .unwrap();
+        r.json().unwrap()
+    };
+    for action in ["annotate", "block", "resample"] {
+        let s = start(&mid.to_string(), action);
+        let v = ask(&s, json!({}));
         for (ch, cost) in v["choices"].as_array().unwrap().iter().zip(&costs) {
-            assert_eq!(ch["safety"]["flagged"], *cost > mid);
+            let flagged = *cost > mid;
+            match (action, flagged) {
+                (_, false) => {
+                    assert_eq!(ch["safety"]["action"], "pass", "{ch}");
+                    assert_eq!(ch["finish_reason"], "length");
+                }
+                ("annotate", true) => {
+                    assert_eq!(ch["safety"]["action"], "annotate");
+                    assert_eq!(ch["safety"]["flagged"], true);
+                }
+                ("block", true) => {
+                    assert_eq!(ch["safety"]["action"], "block");
+                    assert_eq!(ch["finish_reason"], "content_filter");
+                    assert_eq!(
+                        ch["message"]["content"],
+                        "I'm sorry, but I can't help with that."
+                    );
+                }
+                (_, true) => {
+                    let a = ch["safety"]["action"].as_str().unwrap();
+                    assert!(a == "resample" || a == "block", "{ch}");
+                    if a == "resample" {
+                        assert!(ch["safety"]["cost"].as_f64().unwrap() <= mid as f64 + 1e-6);
+                        assert_eq!(ch["safety"]["flagged"], false);
+                    } else {
+                        assert_eq!(ch["finish_reason"], "content_filter");
+                    }
+                }
+            }
+        }
+        if action == "block" {
+            // Streams are held and checked whole: the flagged choice never streams its text.
+            let r = c
+                .post(s.url("/v1/chat/completions"))
+                .json(&json!({"model": "llama-gqa", "messages": msgs, "max_tokens": 8, "temperature": 1.0,
+                              "n": 2, "seed": 3, "stream": true}))
+                .send()
+                .unwrap();
+            let body = r.text().unwrap();
+            assert!(body.trim_end().ends_with("data: [DONE]"));
+            assert!(body.contains("content_filter"));
+            // Overrides may only be stricter.
+            let v = ask(&s, json!({"safety": {"action": "annotate"}}));
+            assert_eq!(v["error"]["param"], "safety.action", "{v}");
+            let v = ask(&s, json!({"safety": {"threshold": mid + 1.0}}));
+            assert_eq!(v["error"]["param"], "safety.threshold", "{v}");
+            // A lower threshold blocks both.
+            let v = ask(
+                &s,
+                json!({"safety": {"threshold": costs[0].min(costs[1]) - 1.0}}),
+            );
+            for ch in v["choices"].as_array().unwrap() {
+                assert_eq!(ch["finish_reason"], "content_filter");
+            }
+            let m = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
+            assert!(
+                m.contains("safeloop_gate_decisions_total{action=\"block\"}"),
+                "{m}"
+            );
+            assert!(m.contains("safeloop_cost_score_count"));
         }
     }
+    // The input check refuses a flagged prompt before generating anything.
+    let s = Server::start(&[
+        "--model",
+        policy.to_str().unwrap(),
+        "--cost-model",
+        score.to_str().unwrap(),
+        "--gate-threshold",
+        "-1000",
+        "--gate-input-check",
+        "true",
+    ]);
+    let v = ask(&s, json!({}));
+    assert_eq!(v["error"]["code"], "content_filter", "{v}");
+    drop(s);
 
     // Without a cost model, moderations says so and choices carry no safety object.
     let plain = Server::start(&["--model", policy.to_str().unwrap()]);

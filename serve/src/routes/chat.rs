@@ -4,6 +4,7 @@ use super::{admit, json_event, seeded, sse, token_text};
 use crate::api::*;
 use crate::choices::{self, finish_reason, random_id, Timer};
 use crate::error::ApiError;
+use crate::gate;
 use crate::server::RequestId;
 use crate::state::{unix_now, Shared};
 use crate::trajectory::{self, RequestInfo};
@@ -102,6 +103,18 @@ async fn handle(
         engine.max_context,
         "messages",
     )?;
+    let safety = st.safety();
+    let policy = st.cfg.gate.narrowed(req.safety.as_ref())?;
+    gate::check_input(
+        &safety,
+        &policy,
+        conversation.clone(),
+        "messages",
+        &st.metrics,
+    )
+    .await?;
+    // A blocking gate holds output until it is checked (streams included, for now whole).
+    let held = safety.cost.is_some() && policy.holds_output();
     admit(&st, engine.in_flight(), s.n as usize)?;
     let prompt_tokens = prompt.len() as u32;
     let jobs: Vec<_> = (0..s.n)
@@ -116,7 +129,7 @@ async fn handle(
     let fingerprint = st.fingerprint();
     let tok = engine.tokenizer.clone();
 
-    if req.stream {
+    if req.stream && !held {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
         let n = s.n as usize;
         let want_lp = req.logprobs;
@@ -200,13 +213,7 @@ async fn handle(
                             .collect(),
                     )
                     .await;
-                let logged = outputs
-                    .into_iter()
-                    .zip(reasons)
-                    .zip(scores)
-                    .enumerate()
-                    .map(|(i, ((o, r), sc))| (i, o, r, sc))
-                    .collect();
+                let logged = gate::streamed_candidates(&info.jobs, outputs, reasons, scores);
                 if let Err(e) = trajectory::record(&st2, &info, logged, &timer).await {
                     let _ = tx.send(json_event(&e.body())).await;
                     return;
@@ -228,49 +235,114 @@ async fn handle(
     }
 
     let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
-    let scores = st
-        .safety()
-        .annotate(
-            results
-                .iter()
-                .map(|r| (conversation.clone(), Some(r.text.clone())))
-                .collect(),
-        )
-        .await;
-    let logged = results
-        .iter()
-        .zip(&scores)
-        .enumerate()
-        .map(|(i, (r, sc))| (i, r.tokens.clone(), r.finish, sc.clone()))
-        .collect();
-    trajectory::record(&st, &info, logged, &timer).await?;
-    let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
+    let t_gate = std::time::Instant::now();
+    let gated = gate::apply(
+        &safety,
+        &policy,
+        &engine,
+        &info.jobs,
+        results,
+        &|_| conversation.clone(),
+        &timer,
+        st.cfg.request_timeout,
+        &st.metrics,
+    )
+    .await?;
+    if safety.enabled() {
+        st.metrics
+            .gate_latency
+            .observe(t_gate.elapsed().as_secs_f64());
+        for g in &gated {
+            if let Some(c) = g.safety.as_ref().and_then(|s| s.cost) {
+                st.metrics.cost.observe(c as f64);
+            }
+        }
+    }
+    let mut candidates = vec![];
+    let mut outs = vec![];
+    for g in gated {
+        candidates.extend(g.candidates);
+        outs.push((g.text, g.tokens, g.finish_reason, g.safety));
+    }
+    trajectory::record(&st, &info, candidates, &timer).await?;
+    let completion_tokens: u32 = outs.iter().map(|o| o.1.len() as u32).sum();
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    };
+    if req.stream {
+        // Held stream: every choice was checked whole; send it as chunks.
+        let (tx, rx) = mpsc::channel(4 * outs.len() + 4);
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+            id: id.clone(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: model.clone(),
+            system_fingerprint: fingerprint.clone(),
+            choices,
+            usage,
+        };
+        for (i, (text, tokens, reason, _)) in outs.into_iter().enumerate() {
+            for (delta, fr, lp) in [
+                (
+                    Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                    },
+                    None,
+                    None,
+                ),
+                (
+                    Delta {
+                        role: None,
+                        content: Some(text),
+                    },
+                    None,
+                    req.logprobs.then(|| logprobs(&tok, &tokens)),
+                ),
+                (Delta::default(), Some(reason), None),
+            ] {
+                let c = chunk(
+                    vec![ChunkChoice {
+                        index: i as u32,
+                        delta,
+                        finish_reason: fr,
+                        logprobs: lp,
+                    }],
+                    None,
+                );
+                let _ = tx.try_send(json_event(&c));
+            }
+        }
+        if include_usage {
+            let _ = tx.try_send(json_event(&chunk(vec![], Some(usage))));
+        }
+        let _ = tx.try_send(axum::response::sse::Event::default().data("[DONE]"));
+        return Ok(sse(rx, st.cfg.keep_alive));
+    }
     let body = ChatCompletion {
         id,
         object: "chat.completion".into(),
         created,
         model,
         system_fingerprint: fingerprint,
-        choices: results
+        choices: outs
             .into_iter()
-            .zip(scores)
             .enumerate()
-            .map(|(i, (r, safety))| ChatChoice {
+            .map(|(i, (text, tokens, reason, safety))| ChatChoice {
                 safety,
                 index: i as u32,
-                logprobs: req.logprobs.then(|| logprobs(&tok, &r.tokens)),
+                logprobs: req.logprobs.then(|| logprobs(&tok, &tokens)),
                 message: ChatMessageOut {
                     role: "assistant".into(),
-                    content: r.text,
+                    content: text,
                 },
-                finish_reason: finish_reason(r.finish),
+                finish_reason: reason,
             })
             .collect(),
-        usage: Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        },
+        usage,
     };
     Ok(Json(body).into_response())
 }

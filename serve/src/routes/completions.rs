@@ -4,6 +4,7 @@ use super::{admit, json_event, seeded, sse, token_text};
 use crate::api::*;
 use crate::choices::{self, finish_reason, random_id, Timer};
 use crate::error::ApiError;
+use crate::gate;
 use crate::server::RequestId;
 use crate::state::{unix_now, Shared};
 use crate::trajectory::{self, RequestInfo};
@@ -131,6 +132,20 @@ async fn handle(
             jobs.push((p.clone(), seeded(&pp, i)));
         }
     }
+    let safety = st.safety();
+    let policy = st.cfg.gate.narrowed(req.safety.as_ref())?;
+    for t in &prompt_texts {
+        gate::check_input(
+            &safety,
+            &policy,
+            vec![ChatMessage::new("user", t)],
+            "prompt",
+            &st.metrics,
+        )
+        .await?;
+    }
+    // A blocking gate holds output until it is checked (streams included, for now whole).
+    let held = safety.cost.is_some() && policy.holds_output();
     admit(&st, engine.in_flight(), jobs.len())?;
     let n = s.n as usize;
     let timer = Timer::new(st.metrics.clone());
@@ -142,7 +157,7 @@ async fn handle(
     let fingerprint = st.fingerprint();
     let echo = req.echo;
 
-    if req.stream {
+    if req.stream && !held {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
         let total = streams.len();
         let (tx, rx) = mpsc::channel(64);
@@ -228,13 +243,7 @@ async fn handle(
                             .collect(),
                     )
                     .await;
-                let logged = outputs
-                    .into_iter()
-                    .zip(reasons)
-                    .zip(scores)
-                    .enumerate()
-                    .map(|(i, ((o, r), sc))| (i, o, r, sc))
-                    .collect();
+                let logged = gate::streamed_candidates(&info.jobs, outputs, reasons, scores);
                 if let Err(e) = trajectory::record(&st2, &info, logged, &timer).await {
                     let _ = tx.send(json_event(&e.body())).await;
                     return;
@@ -256,60 +265,81 @@ async fn handle(
     }
 
     let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
-    let scores = st
-        .safety()
-        .annotate(
-            results
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    (
-                        vec![ChatMessage::new("user", &prompt_texts[i / n])],
-                        Some(r.text.clone()),
-                    )
-                })
-                .collect(),
-        )
-        .await;
-    let logged = results
-        .iter()
-        .zip(&scores)
-        .enumerate()
-        .map(|(i, (r, sc))| (i, r.tokens.clone(), r.finish, sc.clone()))
-        .collect();
-    trajectory::record(&st, &info, logged, &timer).await?;
-    let completion_tokens: u32 = results.iter().map(|r| r.tokens.len() as u32).sum();
-    let choices = results
-        .into_iter()
-        .zip(scores)
-        .enumerate()
-        .map(|(i, (r, safety))| {
-            let prompt_text = if echo {
-                prompt_texts[i / n].as_str()
-            } else {
-                ""
-            };
-            CompletionChoice {
-                safety,
-                index: i as u32,
-                logprobs: want_lp.then(|| logprobs(&tok, &r.prompt_logprobs, &r.tokens, 0)),
-                text: format!("{prompt_text}{}", r.text),
-                finish_reason: Some(finish_reason(r.finish)),
+    let t_gate = std::time::Instant::now();
+    let conv = |i: usize| vec![ChatMessage::new("user", &prompt_texts[i / n])];
+    let gated = gate::apply(
+        &safety,
+        &policy,
+        &engine,
+        &info.jobs,
+        results,
+        &conv,
+        &timer,
+        st.cfg.request_timeout,
+        &st.metrics,
+    )
+    .await?;
+    if safety.enabled() {
+        st.metrics
+            .gate_latency
+            .observe(t_gate.elapsed().as_secs_f64());
+        for g in &gated {
+            if let Some(c) = g.safety.as_ref().and_then(|s| s.cost) {
+                st.metrics.cost.observe(c as f64);
             }
-        })
-        .collect();
+        }
+    }
+    let mut candidates = vec![];
+    let mut choices_out = vec![];
+    let mut completion_tokens = 0u32;
+    for (i, g) in gated.into_iter().enumerate() {
+        candidates.extend(g.candidates);
+        completion_tokens += g.tokens.len() as u32;
+        let prompt_text = if echo {
+            prompt_texts[i / n].as_str()
+        } else {
+            ""
+        };
+        choices_out.push(CompletionChoice {
+            safety: g.safety,
+            index: i as u32,
+            logprobs: want_lp.then(|| logprobs(&tok, &g.prompt_logprobs, &g.tokens, 0)),
+            text: format!("{prompt_text}{}", g.text),
+            finish_reason: Some(g.finish_reason),
+        });
+    }
+    trajectory::record(&st, &info, candidates, &timer).await?;
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    };
     let body = Completion {
         id,
         object: "text_completion".into(),
         created,
         model,
         system_fingerprint: fingerprint,
-        choices,
-        usage: Some(Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        }),
+        choices: choices_out,
+        usage: Some(usage.clone()),
     };
+    if req.stream {
+        // Held stream: every choice was checked whole; send one chunk per choice.
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let (tx, rx) = mpsc::channel(body.choices.len() + 3);
+        for c in &body.choices {
+            let mut one = body.clone();
+            one.usage = None;
+            one.choices = vec![c.clone()];
+            let _ = tx.try_send(json_event(&one));
+        }
+        if include_usage {
+            let mut u = body.clone();
+            u.choices = vec![];
+            let _ = tx.try_send(json_event(&u));
+        }
+        let _ = tx.try_send(axum::response::sse::Event::default().data("[DONE]"));
+        return Ok(sse(rx, st.cfg.keep_alive));
+    }
     Ok(Json(body).into_response())
 }
