@@ -105,24 +105,27 @@ fn every_finished_choice_is_logged_and_survives_sigkill() {
     let stream_rec = recs.iter().find(|r| r["request_id"] == "stream-1").unwrap();
     assert_eq!(stream_rec["output_ids"].as_array().unwrap().len(), 5);
 
-    // Crash while idle and while serving; after each restart every answered request's
-    // record is there and every segment reads cleanly.
+    // SIGKILL at varying moments under concurrent load, 20 times; after each restart every
+    // answered request's record is there and every segment reads cleanly.
     let mut answered = 3;
-    for round in 0..3 {
-        let pending = {
-            let url = s.url("/v1/completions");
-            std::thread::spawn(move || {
-                Client::new()
-                    .post(url)
-                    .json(
-                        &json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200,
-                                  "ignore_eos": true}),
-                    )
-                    .send()
-                    .ok()
-                    .map(|r| r.status().as_u16())
+    for round in 0..20 {
+        // Background clients keep requests in flight while the kill lands.
+        let pending: Vec<_> = (0..3u64)
+            .map(|k| {
+                let url = s.url("/v1/completions");
+                std::thread::spawn(move || {
+                    Client::new()
+                        .post(url)
+                        .json(&json!({"model": MODEL, "prompt": "Once upon a time",
+                                      "max_tokens": 20 + 40 * k, "ignore_eos": true}))
+                        .send()
+                        .ok()
+                        .filter(|r| r.status().as_u16() == 200)
+                        .and_then(|r| r.json::<Value>().ok())
+                        .is_some()
+                })
             })
-        };
+            .collect();
         for k in 0..4 {
             let r = c
                 .post(s.url("/v1/completions"))
@@ -133,11 +136,15 @@ fn every_finished_choice_is_logged_and_survives_sigkill() {
             assert_eq!(r.status().as_u16(), 200);
             answered += 1;
         }
+        // A varying delay moves the kill across the in-flight requests' lifetimes.
+        std::thread::sleep(std::time::Duration::from_millis((round * 7 % 40) as u64));
         s.child.kill().unwrap(); // SIGKILL
         s.child.wait().unwrap();
-        if pending.join().unwrap() == Some(200) {
-            answered += 1;
-        }
+        answered += pending
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
         s = start(&log_dir);
         let all = logs(&log_dir, None);
         assert!(
