@@ -172,8 +172,12 @@ pub struct SafetyInfo {
     pub reward: Option<f32>,
     /// cost > the gate threshold.
     pub flagged: bool,
-    /// What the gate did: `annotate`, or `unscored` when scoring failed.
+    /// What the gate did: `pass`, `annotate`, `block`, `resample`, or `unscored` when
+    /// scoring failed.
     pub action: String,
+    /// Streams: bytes of the text checked so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked_offset: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -211,6 +215,9 @@ pub struct ChunkChoice {
     pub delta: Delta,
     pub finish_reason: Option<String>,
     pub logprobs: Option<ChatLogprobs>,
+    /// Gated streams: the scores of the text released so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

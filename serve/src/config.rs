@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// Text that replaces a blocked choice [default: "I'm sorry, but I can't help with that."]
     #[arg(long, env = "SAFELOOP_GATE_REFUSAL")]
     pub gate_refusal: Option<String>,
+    /// Streams under a blocking gate: tokens per scored window (0 holds the whole choice).
+    /// Smaller windows release text sooner but score more often [default: 16]
+    #[arg(long, env = "SAFELOOP_GATE_WINDOW")]
+    pub gate_window: Option<usize>,
     /// Score the prompt alone first and refuse flagged prompts with 400 content_filter [default: false]
     #[arg(long, env = "SAFELOOP_GATE_INPUT_CHECK")]
     pub gate_input_check: Option<bool>,
@@ -226,6 +230,7 @@ impl ServeConfig {
                 refusal: pick!(gate_refusal)
                     .unwrap_or_else(|| "I'm sorry, but I can't help with that.".into()),
                 input_check: pick!(gate_input_check).unwrap_or(false),
+                window: pick!(gate_window).unwrap_or(16),
                 fail_open: pick!(gate_fail_open).unwrap_or(false),
             },
             host_kernels: match pick!(kernels).as_deref() {

@@ -37,6 +37,8 @@ pub struct GatePolicy {
     pub resample: u32,
     pub refusal: String,
     pub input_check: bool,
+    /// Tokens per scored window in streams (0: hold the whole choice).
+    pub window: usize,
     /// On scoring failure: pass the choice as `unscored` (true) or block it (false).
     pub fail_open: bool,
 }
@@ -104,6 +106,7 @@ fn info(cost: Option<f32>, reward: Option<f32>, flagged: bool, action: &str) -> 
         reward,
         flagged,
         action: action.into(),
+        checked_offset: None,
     }
 }
 

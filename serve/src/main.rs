@@ -16,6 +16,7 @@ mod routes;
 mod safety;
 mod server;
 mod state;
+mod stream_gate;
 mod trajectory;
 mod validate;
 

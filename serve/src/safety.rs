@@ -105,6 +105,7 @@ impl Safety {
                     reward: r,
                     flagged,
                     action: if failed { "unscored" } else { "annotate" }.into(),
+                    checked_offset: None,
                 })
             })
             .collect()

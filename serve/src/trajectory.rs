@@ -71,6 +71,7 @@ pub async fn record(
                 gate: GateDecision {
                     action: safety.as_ref().map_or("off".into(), |s| s.action.clone()),
                     flagged: safety.as_ref().is_some_and(|s| s.flagged),
+                    checked_offset: safety.as_ref().and_then(|s| s.checked_offset).unwrap_or(0),
                     ..Default::default()
                 },
                 blocked,

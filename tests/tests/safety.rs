@@ -212,3 +212,134 @@ fn choices_carry_cost_and_reward_and_moderations_use_the_cost_model() {
         .unwrap();
     assert!(v["choices"][0].get("safety").is_none());
 }
+
+#[test]
+fn windowed_streams_never_emit_unchecked_or_flagged_text() {
+    let policy = golden_dir("llama-gqa");
+    let score = golden_dir("llama-gqa-score");
+    let scorer = Scorer::load(&score, &LoadOptions::default(), ScoreFormat::SafeRlhf).unwrap();
+    let conv = vec![ChatMessage::new("user", "How do I bake bread?")];
+    let c = Client::new();
+    // First find where costs fall for these samples, then put the threshold inside the range.
+    let probe = Server::start(&["--model", policy.to_str().unwrap()]);
+    let v: Value = c
+        .post(probe.url("/v1/chat/completions"))
+        .json(&json!({"model": "llama-gqa", "messages": [{"role": "user", "content": "How do I bake bread?"}],
+                      "max_tokens": 12, "temperature": 1.0, "n": 4, "seed": 11, "ignore_eos": true}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    drop(probe);
+    let mut costs: Vec<f32> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| {
+            scorer
+                .score(&[(
+                    conv.clone(),
+                    Some(ch["message"]["content"].as_str().unwrap().to_string()),
+                )])
+                .unwrap()[0][0]
+        })
+        .collect();
+    costs.sort_by(f32::total_cmp);
+    let threshold = (costs[1] + costs[2]) / 2.0;
+    let s = Server::start(&[
+        "--model",
+        policy.to_str().unwrap(),
+        "--cost-model",
+        score.to_str().unwrap(),
+        &format!("--gate-threshold={threshold}"),
+        "--gate-window",
+        "2",
+    ]);
+    let r = c
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({"model": "llama-gqa", "messages": [{"role": "user", "content": "How do I bake bread?"}],
+                      "max_tokens": 12, "temperature": 1.0, "n": 4, "seed": 11, "ignore_eos": true,
+                      "stream": true}))
+        .send()
+        .unwrap();
+    let body = r.text().unwrap();
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let mut released = vec![String::new(); 4];
+    let mut finish = vec![None; 4];
+    for line in body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|l| *l != "[DONE]")
+    {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let ch = &v["choices"][0];
+        let i = ch["index"].as_u64().unwrap() as usize;
+        if let Some(text) = ch["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
+            released[i].push_str(text);
+            // Everything released so far was scored and passed.
+            let cost = scorer
+                .score(&[(conv.clone(), Some(released[i].clone()))])
+                .unwrap()[0][0];
+            assert!(
+                cost <= threshold + 1e-4,
+                "choice {i} released text with cost {cost} > {threshold}"
+            );
+            assert_eq!(
+                ch["safety"]["checked_offset"].as_u64().unwrap() as usize,
+                released[i].len()
+            );
+        }
+        if let Some(f) = ch["finish_reason"].as_str() {
+            finish[i] = Some(f.to_string());
+        }
+    }
+    assert!(finish.iter().all(|f| f.is_some()), "{finish:?}");
+    assert!(
+        finish
+            .iter()
+            .any(|f| f.as_deref() == Some("content_filter")),
+        "some choice crosses the threshold: {finish:?}"
+    );
+    drop(s);
+
+    // With a threshold nothing reaches, every window passes and the released text is exactly
+    // the ungated generation.
+    let s = Server::start(&[
+        "--model",
+        policy.to_str().unwrap(),
+        "--cost-model",
+        score.to_str().unwrap(),
+        "--gate-threshold=1000",
+        "--gate-window",
+        "3",
+    ]);
+    let r = c
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({"model": "llama-gqa", "messages": [{"role": "user", "content": "How do I bake bread?"}],
+                      "max_tokens": 12, "temperature": 1.0, "n": 4, "seed": 11, "ignore_eos": true,
+                      "stream": true}))
+        .send()
+        .unwrap();
+    let mut released = vec![String::new(); 4];
+    for line in r
+        .text()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|l| *l != "[DONE]")
+    {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let ch = &v["choices"][0];
+        if let Some(text) = ch["delta"]["content"].as_str() {
+            released[ch["index"].as_u64().unwrap() as usize].push_str(text);
+        }
+        assert_ne!(ch["finish_reason"], "content_filter");
+    }
+    for (i, ch) in v["choices"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            released[i],
+            ch["message"]["content"].as_str().unwrap(),
+            "choice {i}"
+        );
+    }
+}

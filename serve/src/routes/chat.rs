@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::gate;
 use crate::server::RequestId;
 use crate::state::{unix_now, Shared};
+use crate::stream_gate;
 use crate::trajectory::{self, RequestInfo};
 use crate::validate::{chat_prompt, check_lengths, sampling, ApiJson};
 use axum::extract::State;
@@ -156,6 +157,7 @@ async fn handle(
                         },
                         finish_reason: None,
                         logprobs: None,
+                        safety: None,
                     }],
                     None,
                 );
@@ -198,6 +200,7 @@ async fn handle(
                         },
                         finish_reason: u.finished.map(finish_reason),
                         logprobs: lp,
+                        safety: None,
                     }],
                     None,
                 )))
@@ -234,6 +237,92 @@ async fn handle(
         return Ok(sse(rx, st.cfg.keep_alive));
     }
 
+    if req.stream && held && policy.window > 0 {
+        // Windowed gating: release text only after its window is scored.
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let want_lp = req.logprobs;
+        let n = s.n as usize;
+        let (tx, rx) = mpsc::channel(64);
+        let st2 = st.clone();
+        tokio::spawn(async move {
+            let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+                id: id.clone(),
+                object: "chat.completion.chunk".into(),
+                created,
+                model: model.clone(),
+                system_fingerprint: fingerprint.clone(),
+                choices,
+                usage,
+            };
+            for i in 0..n {
+                let c = chunk(
+                    vec![ChunkChoice {
+                        index: i as u32,
+                        delta: Delta {
+                            role: Some("assistant".into()),
+                            content: Some(String::new()),
+                        },
+                        finish_reason: None,
+                        logprobs: None,
+                        safety: None,
+                    }],
+                    None,
+                );
+                if tx.send(json_event(&c)).await.is_err() {
+                    return;
+                }
+            }
+            let emit = |r: stream_gate::Release| {
+                json_event(&chunk(
+                    vec![ChunkChoice {
+                        index: r.index as u32,
+                        delta: Delta {
+                            role: None,
+                            content: (!r.text.is_empty()).then_some(r.text),
+                        },
+                        finish_reason: r.finish_reason,
+                        logprobs: (want_lp && !r.tokens.is_empty())
+                            .then(|| logprobs(&tok, &r.tokens)),
+                        safety: r.safety,
+                    }],
+                    None,
+                ))
+            };
+            let Some(cands) = stream_gate::run(
+                streams,
+                timer.clone(),
+                &st2.metrics,
+                &tx,
+                &safety,
+                &policy,
+                policy.window,
+                &|_| conversation.clone(),
+                &info.jobs,
+                &emit,
+            )
+            .await
+            else {
+                return;
+            };
+            let completion_tokens: u32 = cands.iter().map(|c| c.tokens.len() as u32).sum();
+            if let Err(e) = trajectory::record(&st2, &info, cands, &timer).await {
+                let _ = tx.send(json_event(&e.body())).await;
+                return;
+            }
+            let usage = include_usage.then(|| {
+                json_event(&chunk(
+                    vec![],
+                    Some(Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                        total_tokens: prompt_tokens + completion_tokens,
+                    }),
+                ))
+            });
+            choices::finish_stream(&tx, usage, &timer).await;
+        });
+        return Ok(sse(rx, st.cfg.keep_alive));
+    }
     let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
     let t_gate = std::time::Instant::now();
     let gated = gate::apply(
@@ -310,6 +399,7 @@ async fn handle(
                         delta,
                         finish_reason: fr,
                         logprobs: lp,
+                        safety: None,
                     }],
                     None,
                 );

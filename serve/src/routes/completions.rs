@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::gate;
 use crate::server::RequestId;
 use crate::state::{unix_now, Shared};
+use crate::stream_gate;
 use crate::trajectory::{self, RequestInfo};
 use crate::validate::{check_lengths, completion_prompts, sampling, ApiJson};
 use axum::extract::State;
@@ -264,6 +265,88 @@ async fn handle(
         return Ok(sse(rx, st.cfg.keep_alive));
     }
 
+    if req.stream && held && policy.window > 0 {
+        // Windowed gating: release text only after its window is scored.
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let total = streams.len();
+        let (tx, rx) = mpsc::channel(64);
+        let st2 = st.clone();
+        tokio::spawn(async move {
+            let chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
+                id: id.clone(),
+                object: "text_completion".into(),
+                created,
+                model: model.clone(),
+                system_fingerprint: fingerprint.clone(),
+                choices,
+                usage,
+            };
+            if echo {
+                for i in 0..total {
+                    let c = chunk(
+                        vec![CompletionChoice {
+                            index: i as u32,
+                            text: prompt_texts[i / n].clone(),
+                            finish_reason: None,
+                            logprobs: None,
+                            safety: None,
+                        }],
+                        None,
+                    );
+                    if tx.send(json_event(&c)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let emit = |r: stream_gate::Release| {
+                json_event(&chunk(
+                    vec![CompletionChoice {
+                        index: r.index as u32,
+                        logprobs: (want_lp && !r.tokens.is_empty())
+                            .then(|| logprobs(&tok, &[], &r.tokens, 0)),
+                        text: r.text,
+                        finish_reason: r.finish_reason,
+                        safety: r.safety,
+                    }],
+                    None,
+                ))
+            };
+            let conv = |i: usize| vec![ChatMessage::new("user", &prompt_texts[i / n])];
+            let Some(cands) = stream_gate::run(
+                streams,
+                timer.clone(),
+                &st2.metrics,
+                &tx,
+                &safety,
+                &policy,
+                policy.window,
+                &conv,
+                &info.jobs,
+                &emit,
+            )
+            .await
+            else {
+                return;
+            };
+            let completion_tokens: u32 = cands.iter().map(|c| c.tokens.len() as u32).sum();
+            if let Err(e) = trajectory::record(&st2, &info, cands, &timer).await {
+                let _ = tx.send(json_event(&e.body())).await;
+                return;
+            }
+            let usage = include_usage.then(|| {
+                json_event(&chunk(
+                    vec![],
+                    Some(Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                        total_tokens: prompt_tokens + completion_tokens,
+                    }),
+                ))
+            });
+            choices::finish_stream(&tx, usage, &timer).await;
+        });
+        return Ok(sse(rx, st.cfg.keep_alive));
+    }
     let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
     let t_gate = std::time::Instant::now();
     let conv = |i: usize| vec![ChatMessage::new("user", &prompt_texts[i / n])];

@@ -1,0 +1,182 @@
+//! Gated streaming: text is released only after its window has been scored. Every `window`
+//! tokens (and at the end) the whole text so far is scored; if it passes, the buffered part
+//! is sent; if it is flagged, the choice ends with `finish_reason: "content_filter"` and
+//! nothing unchecked is ever sent. Smaller windows give lower latency to first text and cost
+//! more scoring passes.
+
+use crate::api::SafetyInfo;
+use crate::choices::{self, Timer};
+use crate::engine_task::{SeqEvent, SeqStream};
+use crate::error::ApiError;
+use crate::gate::{Candidate, GatePolicy};
+use crate::metrics::Metrics;
+use crate::safety::Safety;
+use axum::response::sse::Event;
+use futures::StreamExt;
+use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams};
+use safeloop_shared::ChatMessage;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What a gated stream sends for one choice.
+pub struct Release {
+    pub index: usize,
+    pub text: String,
+    pub tokens: Vec<SampledToken>,
+    pub finish_reason: Option<String>,
+    pub safety: Option<SafetyInfo>,
+}
+
+#[derive(Default)]
+struct ChoiceState {
+    released: String,
+    pending: String,
+    pending_tokens: Vec<SampledToken>,
+    all_tokens: Vec<SampledToken>,
+    since_check: usize,
+    done: bool,
+    blocked: bool,
+    windows: Vec<usize>,
+    last: Option<SafetyInfo>,
+    finish: Option<FinishReason>,
+}
+
+/// Runs the choices' streams through the gate; `emit` turns a release into an SSE event.
+/// Returns the log candidates, or `None` if the client went away or the engine failed.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    streams: Vec<SeqStream>,
+    timer: Arc<Timer>,
+    metrics: &Metrics,
+    tx: &mpsc::Sender<Event>,
+    safety: &Safety,
+    policy: &GatePolicy,
+    window: usize,
+    conv: &(dyn Fn(usize) -> Vec<ChatMessage> + Sync),
+    jobs: &[(Vec<u32>, SamplingParams)],
+    emit: &(dyn Fn(Release) -> Event + Sync),
+) -> Option<Vec<Candidate>> {
+    let total = streams.len();
+    let mut state: Vec<ChoiceState> = (0..total).map(|_| ChoiceState::default()).collect();
+    let mut merged = Box::pin(choices::merge(streams, timer));
+    let mut done = 0;
+    while done < total {
+        let next = tokio::select! {
+            ev = merged.next() => ev,
+            _ = tx.closed() => {
+                metrics.disconnects.inc();
+                return None;
+            }
+        };
+        let (i, ev) = next?;
+        let u = match ev {
+            SeqEvent::Failed(msg) => {
+                let e = ApiError::internal(format!("generation failed: {msg}"));
+                let _ = tx.send(crate::routes::json_event(&e.body())).await;
+                return None;
+            }
+            SeqEvent::Update(u) => u,
+        };
+        let st = &mut state[i];
+        if st.done {
+            continue; // a blocked choice: its remaining tokens are never sent
+        }
+        if let Some(t) = u.token {
+            st.all_tokens.push(t.clone());
+            st.pending_tokens.push(t);
+            st.since_check += 1;
+        }
+        st.pending.push_str(&u.text);
+        if u.finished.is_some() {
+            st.finish = u.finished;
+        }
+        if st.since_check < window.max(1) && u.finished.is_none() {
+            continue;
+        }
+        // Score everything generated so far.
+        let t0 = std::time::Instant::now();
+        let text = format!("{}{}", st.released, st.pending);
+        let s = safety
+            .annotate(vec![(conv(i), Some(text.clone()))])
+            .await
+            .remove(0);
+        metrics.gate_latency.observe(t0.elapsed().as_secs_f64());
+        let s = s.expect("gated streams have a cost model");
+        let unscored = s.action == "unscored";
+        let flagged = s.cost.is_some_and(|c| c > policy.threshold);
+        st.since_check = 0;
+        if let Some(c) = s.cost {
+            metrics.cost.observe(c as f64);
+        }
+        let release = if flagged || (unscored && !policy.fail_open) {
+            st.blocked = true;
+            st.done = true;
+            done += 1;
+            metrics.gate_decisions.with_label_values(&["block"]).inc();
+            Release {
+                index: i,
+                text: String::new(),
+                tokens: vec![],
+                finish_reason: Some("content_filter".into()),
+                safety: Some(SafetyInfo {
+                    action: "block".into(),
+                    flagged: true,
+                    checked_offset: Some(st.released.len()),
+                    ..s.clone()
+                }),
+            }
+        } else {
+            let newly = std::mem::take(&mut st.pending);
+            st.released.push_str(&newly);
+            st.windows.push(st.released.len());
+            let finished = u.finished.is_some();
+            if finished {
+                st.done = true;
+                done += 1;
+                metrics
+                    .gate_decisions
+                    .with_label_values(&[if unscored { "unscored" } else { "pass" }])
+                    .inc();
+            }
+            Release {
+                index: i,
+                text: newly,
+                tokens: std::mem::take(&mut st.pending_tokens),
+                finish_reason: u.finished.map(choices::finish_reason),
+                safety: Some(SafetyInfo {
+                    action: if unscored { "unscored" } else { "pass" }.into(),
+                    checked_offset: Some(st.released.len()),
+                    ..s.clone()
+                }),
+            }
+        };
+        st.last = Some(s);
+        if tx.send(emit(release)).await.is_err() {
+            metrics.disconnects.inc();
+            return None;
+        }
+    }
+    Some(
+        state
+            .into_iter()
+            .enumerate()
+            .map(|(i, st)| Candidate {
+                job: i,
+                tokens: st.all_tokens,
+                finish: st.finish.unwrap_or(FinishReason::Stop),
+                safety: st.last.map(|s| SafetyInfo {
+                    action: if st.blocked {
+                        "block".into()
+                    } else {
+                        s.action.clone()
+                    },
+                    flagged: st.blocked,
+                    checked_offset: st.windows.last().copied(),
+                    ..s
+                }),
+                blocked: st.blocked,
+                params: jobs[i].1.clone(),
+            })
+            .collect(),
+    )
+}
