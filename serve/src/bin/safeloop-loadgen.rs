@@ -42,10 +42,14 @@ struct Args {
     /// Print one JSON line instead of the table
     #[arg(long)]
     json: bool,
+    /// Send non-streamed requests (latency = the full response)
+    #[arg(long)]
+    no_stream: bool,
 }
 
 #[derive(Default)]
 struct Sample {
+    e2e: f64,
     ttft: Option<f64>,
     itls: Vec<f64>,
     tokens: u64,
@@ -62,15 +66,17 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Result<Sample> {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "model": model,
         "messages": [{"role": "user", "content": format!("Write a short story about robot number {i}.")}],
         "max_tokens": a.max_tokens,
         "temperature": a.temperature,
         "ignore_eos": true,
-        "stream": true,
-        "stream_options": {"include_usage": true},
+        "stream": !a.no_stream,
     });
+    if !a.no_stream {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
     let mut req = client
         .post(format!("{}/v1/chat/completions", a.url))
         .json(&body);
@@ -87,6 +93,14 @@ async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Resul
         );
     }
     let mut s = Sample::default();
+    if a.no_stream {
+        let v: serde_json::Value = resp.json().await?;
+        s.e2e = start.elapsed().as_secs_f64();
+        s.ttft = Some(s.e2e);
+        s.tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+        s.ok = true;
+        return Ok(s);
+    }
     let mut last: Option<Instant> = None;
     let mut buf = String::new();
     let mut stream = resp.bytes_stream();
@@ -120,6 +134,7 @@ async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Resul
             }
         }
     }
+    s.e2e = start.elapsed().as_secs_f64();
     Ok(s)
 }
 
@@ -179,6 +194,7 @@ async fn main() -> Result<()> {
         .iter()
         .flat_map(|s| s.itls.iter().copied())
         .collect();
+    let mut e2e: Vec<f64> = samples.iter().map(|s| s.e2e).collect();
     let r = serde_json::json!({
         "concurrency": a.concurrency,
         "requests": samples.len(),
@@ -190,6 +206,8 @@ async fn main() -> Result<()> {
         "ttft_p99_ms": 1e3 * percentile(&mut ttft, 99.0),
         "itl_p50_ms": 1e3 * percentile(&mut itl, 50.0),
         "itl_p99_ms": 1e3 * percentile(&mut itl, 99.0),
+        "e2e_p50_ms": 1e3 * percentile(&mut e2e, 50.0),
+        "e2e_p99_ms": 1e3 * percentile(&mut e2e, 99.0),
     });
     if a.json {
         println!("{r}");

@@ -353,8 +353,9 @@ async fn handle(
         candidates.extend(g.candidates);
         outs.push((g.text, g.tokens, g.finish_reason, g.safety));
     }
+    // Usage counts every generated token, blocked and resampled candidates included.
+    let completion_tokens: u32 = candidates.iter().map(|c| c.tokens.len() as u32).sum();
     trajectory::record(&st, &info, candidates, &timer).await?;
-    let completion_tokens: u32 = outs.iter().map(|o| o.1.len() as u32).sum();
     let usage = Usage {
         prompt_tokens,
         completion_tokens,

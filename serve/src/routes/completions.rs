@@ -374,10 +374,8 @@ async fn handle(
     }
     let mut candidates = vec![];
     let mut choices_out = vec![];
-    let mut completion_tokens = 0u32;
     for (i, g) in gated.into_iter().enumerate() {
         candidates.extend(g.candidates);
-        completion_tokens += g.tokens.len() as u32;
         let prompt_text = if echo {
             prompt_texts[i / n].as_str()
         } else {
@@ -391,6 +389,8 @@ async fn handle(
             finish_reason: Some(g.finish_reason),
         });
     }
+    // Usage counts every generated token, blocked and resampled candidates included.
+    let completion_tokens: u32 = candidates.iter().map(|c| c.tokens.len() as u32).sum();
     trajectory::record(&st, &info, candidates, &timer).await?;
     let usage = Usage {
         prompt_tokens,
