@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Reward model (safe-rlhf score-model directory) [default: none]
     #[arg(long, env = "SAFELOOP_REWARD_MODEL")]
     pub reward_model: Option<PathBuf>,
+    /// Score-model input: `safe-rlhf` (BEGINNING OF CONVERSATION: USER: … ASSISTANT:…) or
+    /// `chat-template` (the score model's own template) [default: safe-rlhf]
+    #[arg(long, env = "SAFELOOP_SCORE_FORMAT")]
+    pub score_format: Option<String>,
     /// Choices with cost above this are flagged [default: 0.0]
     #[arg(long, env = "SAFELOOP_GATE_THRESHOLD", allow_negative_numbers = true)]
     pub gate_threshold: Option<f32>,
@@ -100,6 +104,12 @@ pub struct ServeArgs {
     /// Seal a log segment past this many bytes [default: 67108864]
     #[arg(long, env = "SAFELOOP_LOG_SEGMENT_BYTES")]
     pub log_segment_bytes: Option<u64>,
+    /// Seal a log segment after this many seconds [default: 3600]
+    #[arg(long, env = "SAFELOOP_LOG_SEGMENT_SECS")]
+    pub log_segment_secs: Option<u64>,
+    /// Delete sealed segments older than this many seconds [default: keep all]
+    #[arg(long, env = "SAFELOOP_LOG_RETENTION_SECS")]
+    pub log_retention_secs: Option<u64>,
     /// Delete the oldest sealed segments beyond this total size [default: keep all]
     #[arg(long, env = "SAFELOOP_LOG_RETENTION_BYTES")]
     pub log_retention_bytes: Option<u64>,
@@ -140,6 +150,7 @@ pub struct ServeConfig {
     pub log_fail_closed: bool,
     pub cost_model: Option<PathBuf>,
     pub reward_model: Option<PathBuf>,
+    pub score_format: safeloop_shared::scoring::ScoreFormat,
     pub gate: crate::gate::GatePolicy,
 }
 
@@ -212,11 +223,22 @@ impl ServeConfig {
                         c.max_segment_bytes = b.max(1);
                     }
                     c.retention_bytes = pick!(log_retention_bytes);
+                    if let Some(secs) = pick!(log_segment_secs) {
+                        c.max_segment_age = std::time::Duration::from_secs(secs.max(1));
+                    }
+                    c.retention_age = pick!(log_retention_secs).map(std::time::Duration::from_secs);
                     Some(c)
                 }
             },
             log_fail_closed: pick!(log_fail_closed).unwrap_or(false),
             cost_model: pick!(cost_model),
+            score_format: match pick!(score_format).as_deref() {
+                None | Some("safe-rlhf") => safeloop_shared::scoring::ScoreFormat::SafeRlhf,
+                Some("chat-template") => safeloop_shared::scoring::ScoreFormat::ChatTemplate,
+                Some(other) => {
+                    anyhow::bail!("--score-format: `{other}` is not safe-rlhf or chat-template")
+                }
+            },
             reward_model: pick!(reward_model),
             gate: crate::gate::GatePolicy {
                 threshold: pick!(gate_threshold).unwrap_or(0.0),

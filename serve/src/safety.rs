@@ -20,8 +20,8 @@ pub struct ScorerHandle {
 }
 
 impl ScorerHandle {
-    pub fn start(path: &Path, name: &str) -> anyhow::Result<Self> {
-        let scorer = Scorer::load(path, &LoadOptions::default(), ScoreFormat::SafeRlhf)
+    pub fn start(path: &Path, name: &str, format: ScoreFormat) -> anyhow::Result<Self> {
+        let scorer = Scorer::load(path, &LoadOptions::default(), format)
             .map_err(|e| anyhow::anyhow!("loading the {name} model {}: {e}", path.display()))?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         std::thread::Builder::new()

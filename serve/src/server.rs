@@ -232,12 +232,12 @@ fn load(state: &Shared, device: candle_core::Device) -> Result<()> {
         cost: cfg
             .cost_model
             .as_deref()
-            .map(|p| crate::safety::ScorerHandle::start(p, "cost"))
+            .map(|p| crate::safety::ScorerHandle::start(p, "cost", cfg.score_format))
             .transpose()?,
         reward: cfg
             .reward_model
             .as_deref()
-            .map(|p| crate::safety::ScorerHandle::start(p, "reward"))
+            .map(|p| crate::safety::ScorerHandle::start(p, "reward", cfg.score_format))
             .transpose()?,
         threshold: cfg.gate.threshold,
     };

@@ -167,3 +167,73 @@ fn every_finished_choice_is_logged_and_survives_sigkill() {
     drop(s);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn a_failing_log_is_counted_and_fail_closed_answers_503() {
+    for fail_closed in [false, true] {
+        let tmp = std::env::temp_dir().join(format!(
+            "safeloop-logfail-{}-{fail_closed}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let log_dir = tmp.join("log");
+        let model = golden_dir(MODEL);
+        let s = Server::start(&[
+            "--model",
+            model.to_str().unwrap(),
+            "--log-dir",
+            log_dir.to_str().unwrap(),
+            "--log-fsync",
+            "always",
+            // Every record rotates, so each write needs to create a file in the directory.
+            "--log-segment-bytes",
+            "1",
+            "--log-fail-closed",
+            if fail_closed { "true" } else { "false" },
+        ]);
+        let c = Client::new();
+        let ask = || {
+            c.post(s.url("/v1/completions"))
+                .json(&json!({"model": MODEL, "prompt": "abc", "max_tokens": 3}))
+                .send()
+                .unwrap()
+        };
+        assert_eq!(ask().status().as_u16(), 200);
+        // The directory disappears (a lost volume, a bad cleanup job).
+        std::fs::remove_dir_all(&log_dir).unwrap();
+        // The next record cannot be written (sealing the segment fails).
+        let r = ask();
+        let status = r.status().as_u16();
+        if fail_closed {
+            assert_eq!(status, 503, "fail-closed refuses what it cannot log");
+            assert!(r.json::<Value>().unwrap()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("log"));
+        } else {
+            assert_eq!(status, 200, "fail-open keeps serving");
+        }
+        let m = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
+        assert!(
+            safeloop_tests::metric(&m, "safeloop_log_write_errors_total").unwrap() >= 1.0,
+            "{m}"
+        );
+        assert_eq!(
+            c.get(s.url("/health")).send().unwrap().status().as_u16(),
+            200,
+            "still serving"
+        );
+        // The writer recreates the directory and carries on.
+        let mut healed = false;
+        for _ in 0..5 {
+            if ask().status().as_u16() == 200 && log_dir.exists() {
+                healed = true;
+                break;
+            }
+        }
+        assert!(healed, "the log recovers once it can write again");
+        assert!(!logs(&log_dir, None).is_empty());
+        drop(s);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}

@@ -66,9 +66,16 @@ struct Active {
     dirty: bool,
 }
 
+struct Slot {
+    active: Option<Active>,
+    /// Sequence number of the next segment to create.
+    next: u64,
+    closed: bool,
+}
+
 pub struct LogWriter {
     cfg: LogConfig,
-    active: Mutex<Option<Active>>,
+    slot: Mutex<Slot>,
     stats: LogStats,
 }
 
@@ -96,7 +103,11 @@ impl LogWriter {
             next = next.max(seq + 1);
         }
         let w = Arc::new(Self {
-            active: Mutex::new(Some(Self::start(&cfg.dir, next)?)),
+            slot: Mutex::new(Slot {
+                active: Some(Self::start(&cfg.dir, next)?),
+                next: next + 1,
+                closed: false,
+            }),
             cfg,
             stats,
         });
@@ -157,21 +168,29 @@ impl LogWriter {
             ));
         }
         let buf = segment::frame(&payload);
-        let mut guard = self.active.lock().expect("log lock");
-        let rotate = match guard.as_ref() {
-            None => return Err(io::Error::other("the log is closed")),
-            Some(a) => {
-                a.size > 0
-                    && (a.size + buf.len() as u64 > self.cfg.max_segment_bytes
-                        || a.opened.elapsed() >= self.cfg.max_segment_age)
-            }
-        };
+        let mut slot = self.slot.lock().expect("log lock");
+        if slot.closed {
+            return Err(io::Error::other("the log is closed"));
+        }
+        let rotate = slot.active.as_ref().is_some_and(|a| {
+            a.size > 0
+                && (a.size + buf.len() as u64 > self.cfg.max_segment_bytes
+                    || a.opened.elapsed() >= self.cfg.max_segment_age)
+        });
         if rotate {
-            let next = self.seal(guard.take().expect("checked"))? + 1;
-            *guard = Some(Self::start(&self.cfg.dir, next)?);
+            let a = slot.active.take().expect("checked");
+            self.seal(a)?;
             self.apply_retention()?;
         }
-        let a = guard.as_mut().expect("active segment");
+        if slot.active.is_none() {
+            // After a rotation, or after a failure lost the segment (e.g. the directory
+            // vanished): start a fresh segment, recreating the directory if needed.
+            create_dir(&self.cfg.dir)?;
+            let seq = slot.next;
+            slot.active = Some(Self::start(&self.cfg.dir, seq)?);
+            slot.next = seq + 1;
+        }
+        let a = slot.active.as_mut().expect("active segment");
         if let Err(e) = segment::write_all(&mut a.file, &buf) {
             // Cut any partial frame so later records stay readable.
             let _ = a.file.set_len(a.size);
@@ -202,8 +221,8 @@ impl LogWriter {
 
     /// fsyncs the active segment if it has unsynced records.
     pub fn flush(&self) -> io::Result<()> {
-        let mut guard = self.active.lock().expect("log lock");
-        match guard.as_mut() {
+        let mut slot = self.slot.lock().expect("log lock");
+        match slot.active.as_mut() {
             Some(a) if a.dirty => self.sync(a),
             _ => Ok(()),
         }
@@ -223,7 +242,11 @@ impl LogWriter {
 
     /// Seals the active segment; later appends fail. Called on shutdown (and by `Drop`).
     pub fn close(&self) -> io::Result<()> {
-        let taken = self.active.lock().expect("log lock").take();
+        let taken = {
+            let mut slot = self.slot.lock().expect("log lock");
+            slot.closed = true;
+            slot.active.take()
+        };
         match taken {
             Some(a) => self.seal(a).map(|_| ()),
             None => Ok(()),
