@@ -104,3 +104,20 @@ pub async fn record(
         }
     }
 }
+
+/// Ends a stream whose choices all finished: logs them, then sends the usage chunk (if any)
+/// and `[DONE]` — or, when the log refuses (fail-closed), an error object instead.
+pub async fn record_and_finish(
+    st: &Shared,
+    info: &RequestInfo,
+    candidates: Vec<Candidate>,
+    timer: &Timer,
+    tx: &tokio::sync::mpsc::Sender<axum::response::sse::Event>,
+    usage: Option<axum::response::sse::Event>,
+) {
+    if let Err(e) = record(st, info, candidates, timer).await {
+        let _ = tx.send(crate::routes::json_event(&e.body())).await;
+        return;
+    }
+    crate::choices::finish_stream(tx, usage, timer).await;
+}

@@ -129,6 +129,12 @@ async fn handle(
     let model = st.cfg.served_model_name.clone();
     let fingerprint = st.fingerprint();
     let tok = engine.tokenizer.clone();
+    let chunks = ChatChunks {
+        id: id.clone(),
+        created,
+        model: model.clone(),
+        fingerprint: fingerprint.clone(),
+    };
 
     if req.stream && !held {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
@@ -138,30 +144,11 @@ async fn handle(
         let metrics = st.metrics.clone();
         let st2 = st.clone();
         tokio::spawn(async move {
-            let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
-                id: id.clone(),
-                object: "chat.completion.chunk".into(),
-                created,
-                model: model.clone(),
-                system_fingerprint: fingerprint.clone(),
-                choices,
-                usage,
-            };
+            let chunk =
+                |choices: Vec<ChunkChoice>, usage: Option<Usage>| chunks.chunk(choices, usage);
             for i in 0..n {
-                let c = chunk(
-                    vec![ChunkChoice {
-                        index: i as u32,
-                        delta: Delta {
-                            role: Some("assistant".into()),
-                            content: Some(String::new()),
-                        },
-                        finish_reason: None,
-                        logprobs: None,
-                        safety: None,
-                    }],
-                    None,
-                );
-                if tx.send(json_event(&c)).await.is_err() {
+                let c = chunks.role(i);
+                if tx.send(c).await.is_err() {
                     metrics.disconnects.inc();
                     return;
                 }
@@ -217,21 +204,13 @@ async fn handle(
                     )
                     .await;
                 let logged = gate::streamed_candidates(&info.jobs, outputs, reasons, scores);
-                if let Err(e) = trajectory::record(&st2, &info, logged, &timer).await {
-                    let _ = tx.send(json_event(&e.body())).await;
-                    return;
-                }
                 let usage = include_usage.then(|| {
                     json_event(&chunk(
                         vec![],
-                        Some(Usage {
-                            prompt_tokens,
-                            completion_tokens,
-                            total_tokens: prompt_tokens + completion_tokens,
-                        }),
+                        Some(Usage::new(prompt_tokens, completion_tokens)),
                     ))
                 });
-                choices::finish_stream(&tx, usage, &timer).await;
+                trajectory::record_and_finish(&st2, &info, logged, &timer, &tx, usage).await;
             }
         });
         return Ok(sse(rx, st.cfg.keep_alive));
@@ -245,30 +224,11 @@ async fn handle(
         let (tx, rx) = mpsc::channel(64);
         let st2 = st.clone();
         tokio::spawn(async move {
-            let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
-                id: id.clone(),
-                object: "chat.completion.chunk".into(),
-                created,
-                model: model.clone(),
-                system_fingerprint: fingerprint.clone(),
-                choices,
-                usage,
-            };
+            let chunk =
+                |choices: Vec<ChunkChoice>, usage: Option<Usage>| chunks.chunk(choices, usage);
             for i in 0..n {
-                let c = chunk(
-                    vec![ChunkChoice {
-                        index: i as u32,
-                        delta: Delta {
-                            role: Some("assistant".into()),
-                            content: Some(String::new()),
-                        },
-                        finish_reason: None,
-                        logprobs: None,
-                        safety: None,
-                    }],
-                    None,
-                );
-                if tx.send(json_event(&c)).await.is_err() {
+                let c = chunks.role(i);
+                if tx.send(c).await.is_err() {
                     return;
                 }
             }
@@ -305,21 +265,13 @@ async fn handle(
                 return;
             };
             let completion_tokens: u32 = cands.iter().map(|c| c.tokens.len() as u32).sum();
-            if let Err(e) = trajectory::record(&st2, &info, cands, &timer).await {
-                let _ = tx.send(json_event(&e.body())).await;
-                return;
-            }
             let usage = include_usage.then(|| {
                 json_event(&chunk(
                     vec![],
-                    Some(Usage {
-                        prompt_tokens,
-                        completion_tokens,
-                        total_tokens: prompt_tokens + completion_tokens,
-                    }),
+                    Some(Usage::new(prompt_tokens, completion_tokens)),
                 ))
             });
-            choices::finish_stream(&tx, usage, &timer).await;
+            trajectory::record_and_finish(&st2, &info, cands, &timer, &tx, usage).await;
         });
         return Ok(sse(rx, st.cfg.keep_alive));
     }
@@ -356,24 +308,12 @@ async fn handle(
     // Usage counts every generated token, blocked and resampled candidates included.
     let completion_tokens: u32 = candidates.iter().map(|c| c.tokens.len() as u32).sum();
     trajectory::record(&st, &info, candidates, &timer).await?;
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: prompt_tokens + completion_tokens,
-    };
+    let usage = Usage::new(prompt_tokens, completion_tokens);
     if req.stream {
         // Held stream: every choice was checked whole; send it as chunks.
         let (tx, rx) = mpsc::channel(4 * outs.len() + 4);
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
-            id: id.clone(),
-            object: "chat.completion.chunk".into(),
-            created,
-            model: model.clone(),
-            system_fingerprint: fingerprint.clone(),
-            choices,
-            usage,
-        };
+        let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| chunks.chunk(choices, usage);
         for (i, (text, tokens, reason, _)) in outs.into_iter().enumerate() {
             for (delta, fr, lp) in [
                 (
@@ -436,4 +376,44 @@ async fn handle(
         usage,
     };
     Ok(Json(body).into_response())
+}
+
+/// Builds this request's `chat.completion.chunk` objects.
+#[derive(Clone)]
+struct ChatChunks {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+}
+
+impl ChatChunks {
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            choices,
+            usage,
+        }
+    }
+
+    /// The first chunk of a choice: the assistant role.
+    fn role(&self, i: usize) -> axum::response::sse::Event {
+        json_event(&self.chunk(
+            vec![ChunkChoice {
+                index: i as u32,
+                delta: Delta {
+                    role: Some("assistant".into()),
+                    content: Some(String::new()),
+                },
+                finish_reason: None,
+                logprobs: None,
+                safety: None,
+            }],
+            None,
+        ))
+    }
 }

@@ -245,21 +245,13 @@ async fn handle(
                     )
                     .await;
                 let logged = gate::streamed_candidates(&info.jobs, outputs, reasons, scores);
-                if let Err(e) = trajectory::record(&st2, &info, logged, &timer).await {
-                    let _ = tx.send(json_event(&e.body())).await;
-                    return;
-                }
                 let usage = include_usage.then(|| {
                     json_event(&chunk(
                         vec![],
-                        Some(Usage {
-                            prompt_tokens,
-                            completion_tokens,
-                            total_tokens: prompt_tokens + completion_tokens,
-                        }),
+                        Some(Usage::new(prompt_tokens, completion_tokens)),
                     ))
                 });
-                choices::finish_stream(&tx, usage, &timer).await;
+                trajectory::record_and_finish(&st2, &info, logged, &timer, &tx, usage).await;
             }
         });
         return Ok(sse(rx, st.cfg.keep_alive));
@@ -329,21 +321,13 @@ async fn handle(
                 return;
             };
             let completion_tokens: u32 = cands.iter().map(|c| c.tokens.len() as u32).sum();
-            if let Err(e) = trajectory::record(&st2, &info, cands, &timer).await {
-                let _ = tx.send(json_event(&e.body())).await;
-                return;
-            }
             let usage = include_usage.then(|| {
                 json_event(&chunk(
                     vec![],
-                    Some(Usage {
-                        prompt_tokens,
-                        completion_tokens,
-                        total_tokens: prompt_tokens + completion_tokens,
-                    }),
+                    Some(Usage::new(prompt_tokens, completion_tokens)),
                 ))
             });
-            choices::finish_stream(&tx, usage, &timer).await;
+            trajectory::record_and_finish(&st2, &info, cands, &timer, &tx, usage).await;
         });
         return Ok(sse(rx, st.cfg.keep_alive));
     }
@@ -392,11 +376,7 @@ async fn handle(
     // Usage counts every generated token, blocked and resampled candidates included.
     let completion_tokens: u32 = candidates.iter().map(|c| c.tokens.len() as u32).sum();
     trajectory::record(&st, &info, candidates, &timer).await?;
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: prompt_tokens + completion_tokens,
-    };
+    let usage = Usage::new(prompt_tokens, completion_tokens);
     let body = Completion {
         id,
         object: "text_completion".into(),
