@@ -19,6 +19,8 @@ pub enum SeqEvent {
 }
 
 enum Command {
+    /// Stop a sequence now (its KV cache is freed at the next step).
+    Cancel(SeqId),
     Submit {
         prompt: Vec<u32>,
         params: SamplingParams,
@@ -39,6 +41,7 @@ pub struct EngineHandle {
 
 /// A submitted sequence: its update stream. Dropping it cancels the sequence.
 pub struct SeqStream {
+    pub id: SeqId,
     pub events: mpsc::UnboundedReceiver<SeqEvent>,
 }
 
@@ -90,8 +93,13 @@ impl EngineHandle {
         };
         let stopped = || safeloop_shared::Error::invalid("", "the engine has stopped");
         self.tx.send(cmd).map_err(|_| stopped())?;
-        reply.await.map_err(|_| stopped())??;
-        Ok(SeqStream { events })
+        let id = reply.await.map_err(|_| stopped())??;
+        Ok(SeqStream { id, events })
+    }
+
+    /// Cancels a sequence whose output is no longer wanted (e.g. blocked by the gate).
+    pub fn cancel(&self, id: SeqId) {
+        let _ = self.tx.send(Command::Cancel(id));
     }
 }
 
@@ -109,6 +117,9 @@ fn run(
     let mut live: HashMap<SeqId, Live> = HashMap::new();
     let handle =
         |engine: &mut Engine<CausalLm>, live: &mut HashMap<SeqId, Live>, cmd: Command| match cmd {
+            Command::Cancel(id) => {
+                engine.cancel(id);
+            }
             Command::Submit {
                 prompt,
                 params,

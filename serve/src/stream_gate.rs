@@ -6,7 +6,7 @@
 
 use crate::api::SafetyInfo;
 use crate::choices::{self, Timer};
-use crate::engine_task::{SeqEvent, SeqStream};
+use crate::engine_task::{EngineHandle, SeqEvent, SeqStream};
 use crate::error::ApiError;
 use crate::gate::{Candidate, GatePolicy};
 use crate::metrics::Metrics;
@@ -45,6 +45,7 @@ struct ChoiceState {
 /// Returns the log candidates, or `None` if the client went away or the engine failed.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
+    engine: &EngineHandle,
     streams: Vec<SeqStream>,
     timer: Arc<Timer>,
     metrics: &Metrics,
@@ -57,6 +58,7 @@ pub async fn run(
     emit: &(dyn Fn(Release) -> Event + Sync),
 ) -> Option<Vec<Candidate>> {
     let total = streams.len();
+    let ids: Vec<_> = streams.iter().map(|s| s.id).collect();
     let mut state: Vec<ChoiceState> = (0..total).map(|_| ChoiceState::default()).collect();
     let mut merged = Box::pin(choices::merge(streams, timer));
     let mut done = 0;
@@ -112,6 +114,8 @@ pub async fn run(
             st.blocked = true;
             st.done = true;
             done += 1;
+            // Its remaining tokens would never be sent: stop generating them.
+            engine.cancel(ids[i]);
             metrics.gate_decisions.with_label_values(&["block"]).inc();
             Release {
                 index: i,

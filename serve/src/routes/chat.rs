@@ -249,6 +249,7 @@ async fn handle(
                 ))
             };
             let Some(cands) = stream_gate::run(
+                &engine,
                 streams,
                 timer.clone(),
                 &st2.metrics,

@@ -305,6 +305,7 @@ async fn handle(
             };
             let conv = |i: usize| vec![ChatMessage::new("user", &prompt_texts[i / n])];
             let Some(cands) = stream_gate::run(
+                &engine,
                 streams,
                 timer.clone(),
                 &st2.metrics,
