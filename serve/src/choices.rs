@@ -142,36 +142,69 @@ pub async fn pump(
     mut on_update: impl FnMut(usize, SeqUpdate) -> Option<Event>,
 ) -> bool {
     let total = streams.len();
-    let mut merged = Box::pin(merge(streams, timer));
+    let mut updates = Updates::new(streams, timer);
     let mut done = 0;
     while done < total {
-        let next = tokio::select! {
-            ev = merged.next() => ev,
-            _ = tx.closed() => {
-                metrics.disconnects.inc();
-                return false;
-            }
-        };
-        let Some((i, ev)) = next else { return false };
-        let u = match ev {
-            SeqEvent::Failed(msg) => {
-                let e = ApiError::internal(format!("generation failed: {msg}"));
-                let _ = tx.send(crate::routes::json_event(&e.body())).await;
-                return false;
-            }
-            SeqEvent::Update(u) => u,
+        let Some((i, u)) = updates.next(tx, metrics).await else {
+            return false;
         };
         if u.finished.is_some() {
             done += 1;
         }
         if let Some(event) = on_update(i, u) {
-            if tx.send(event).await.is_err() {
-                metrics.disconnects.inc();
+            if !send(tx, event, metrics).await {
                 return false;
             }
         }
     }
     true
+}
+
+/// The merged updates of a request's choices, as an SSE response consumes them.
+pub struct Updates {
+    merged: std::pin::Pin<Box<dyn Stream<Item = (usize, SeqEvent)> + Send>>,
+}
+
+impl Updates {
+    pub fn new(streams: Vec<SeqStream>, timer: Arc<Timer>) -> Self {
+        Self {
+            merged: Box::pin(merge(streams, timer)),
+        }
+    }
+
+    /// The next update of any choice, or `None` when the stream must end: the client went
+    /// away (counted) or the engine failed (an error object was sent). Dropping `self` then
+    /// cancels the sequences.
+    pub async fn next(
+        &mut self,
+        tx: &mpsc::Sender<Event>,
+        metrics: &Metrics,
+    ) -> Option<(usize, SeqUpdate)> {
+        let next = tokio::select! {
+            ev = self.merged.next() => ev,
+            _ = tx.closed() => {
+                metrics.disconnects.inc();
+                return None;
+            }
+        };
+        match next? {
+            (i, SeqEvent::Update(u)) => Some((i, u)),
+            (_, SeqEvent::Failed(msg)) => {
+                let e = ApiError::internal(format!("generation failed: {msg}"));
+                let _ = tx.send(crate::routes::json_event(&e.body())).await;
+                None
+            }
+        }
+    }
+}
+
+/// Sends an SSE event; `false` (and a counted disconnect) when the client is gone.
+pub async fn send(tx: &mpsc::Sender<Event>, event: Event, metrics: &Metrics) -> bool {
+    let ok = tx.send(event).await.is_ok();
+    if !ok {
+        metrics.disconnects.inc();
+    }
+    ok
 }
 
 /// Ends a stream: the usage chunk (when asked for), then `data: [DONE]`.

@@ -85,9 +85,7 @@ async fn count(State(st): State<Shared>, req: Request, next: Next) -> Response {
 }
 
 /// Bearer-token check for /v1 routes when `--api-key` is set.
-async fn auth(State(st): State<Shared>, mut req: Request, next: Next) -> Response {
-    req.extensions_mut()
-        .insert(BodyLimit(st.cfg.max_body_bytes));
+async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.cfg.api_key {
         let given = req
             .headers()
@@ -149,6 +147,7 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(axum::Extension(BodyLimit(state.cfg.max_body_bytes)))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(middleware::from_fn(request_id))
         .with_state(state)

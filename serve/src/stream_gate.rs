@@ -6,13 +6,11 @@
 
 use crate::api::SafetyInfo;
 use crate::choices::{self, Timer};
-use crate::engine_task::{EngineHandle, SeqEvent, SeqStream};
-use crate::error::ApiError;
+use crate::engine_task::{EngineHandle, SeqStream};
 use crate::gate::{Candidate, GatePolicy};
 use crate::metrics::Metrics;
 use crate::safety::Safety;
 use axum::response::sse::Event;
-use futures::StreamExt;
 use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams};
 use safeloop_shared::ChatMessage;
 use std::sync::Arc;
@@ -60,25 +58,10 @@ pub async fn run(
     let total = streams.len();
     let ids: Vec<_> = streams.iter().map(|s| s.id).collect();
     let mut state: Vec<ChoiceState> = (0..total).map(|_| ChoiceState::default()).collect();
-    let mut merged = Box::pin(choices::merge(streams, timer));
+    let mut updates = choices::Updates::new(streams, timer);
     let mut done = 0;
     while done < total {
-        let next = tokio::select! {
-            ev = merged.next() => ev,
-            _ = tx.closed() => {
-                metrics.disconnects.inc();
-                return None;
-            }
-        };
-        let (i, ev) = next?;
-        let u = match ev {
-            SeqEvent::Failed(msg) => {
-                let e = ApiError::internal(format!("generation failed: {msg}"));
-                let _ = tx.send(crate::routes::json_event(&e.body())).await;
-                return None;
-            }
-            SeqEvent::Update(u) => u,
-        };
+        let (i, u) = updates.next(tx, metrics).await?;
         let st = &mut state[i];
         if st.done {
             continue; // a blocked choice: its remaining tokens are never sent
@@ -155,8 +138,7 @@ pub async fn run(
             }
         };
         st.last = Some(s);
-        if tx.send(emit(release)).await.is_err() {
-            metrics.disconnects.inc();
+        if !choices::send(tx, emit(release), metrics).await {
             return None;
         }
     }

@@ -80,17 +80,13 @@ pub async fn record(
         })
         .collect();
     let metrics = st.metrics.clone();
-    let result = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-        let before = log.stats().bytes.load(std::sync::atomic::Ordering::Relaxed);
-        for r in &records {
-            log.append(r)?;
-        }
-        Ok(log.stats().bytes.load(std::sync::atomic::Ordering::Relaxed) - before)
+    let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        records.iter().try_for_each(|r| log.append(r))
     })
     .await
     .map_err(|e| ApiError::internal(format!("log task: {e}")))?;
     match result {
-        Ok(_) => Ok(()),
+        Ok(()) => Ok(()),
         Err(e) => {
             metrics.log_errors.inc();
             tracing::error!(request = %info.request_id, "trajectory log write failed: {e}");

@@ -75,23 +75,36 @@ impl RopeTables {
         self.max_positions
     }
 
-    /// Applies RoPE to `x` of shape `[n_tokens, n_heads, head_dim]`, token `i` at `positions[i]`.
-    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    /// The cos/sin rows for `positions` (`[n]` u32), gathered once per forward pass and
+    /// shared by every layer's q and k.
+    pub fn gather(&self, positions: &Tensor) -> Result<RopeRows> {
+        let n = positions.dim(0)?;
+        let half = self.cos.dim(1)?;
+        Ok(RopeRows {
+            cos: self.cos.index_select(positions, 0)?.reshape((n, 1, half))?,
+            sin: self.sin.index_select(positions, 0)?.reshape((n, 1, half))?,
+            interleaved: self.interleaved,
+        })
+    }
+}
+
+/// cos/sin for the tokens of one forward pass, `[n, 1, head_dim/2]`.
+pub struct RopeRows {
+    cos: Tensor,
+    sin: Tensor,
+    interleaved: bool,
+}
+
+impl RopeRows {
+    /// Applies RoPE to `x` of shape `[n_tokens, n_heads, head_dim]`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (n, h, d) = x.dims3()?;
-        let cos = self
-            .cos
-            .index_select(positions, 0)?
-            .reshape((n, 1, d / 2))?;
-        let sin = self
-            .sin
-            .index_select(positions, 0)?
-            .reshape((n, 1, d / 2))?;
         // Each token is its own batch row with a sequence of one: [n, h, 1, d].
         let x = x.reshape((n, h, 1, d))?.contiguous()?;
         let y = if self.interleaved {
-            candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?
+            candle_nn::rotary_emb::rope_i(&x, &self.cos, &self.sin)?
         } else {
-            candle_nn::rotary_emb::rope(&x, &cos, &sin)?
+            candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?
         };
         y.reshape((n, h, d))
     }

@@ -152,10 +152,12 @@ async fn handle(
     let timer = Timer::new(st.metrics.clone());
     let info = RequestInfo::new(request_id, &jobs);
     let streams = choices::submit_all(&engine, jobs).await?;
-    let id = random_id("cmpl");
-    let created = unix_now();
-    let model = st.cfg.served_model_name.clone();
-    let fingerprint = st.fingerprint();
+    let head = CompletionHead {
+        id: random_id("cmpl"),
+        created: unix_now(),
+        model: st.cfg.served_model_name.clone(),
+        fingerprint: st.fingerprint(),
+    };
     let echo = req.echo;
 
     if req.stream && !held {
@@ -165,15 +167,8 @@ async fn handle(
         let metrics = st.metrics.clone();
         let st2 = st.clone();
         tokio::spawn(async move {
-            let chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
-                id: id.clone(),
-                object: "text_completion".into(),
-                created,
-                model: model.clone(),
-                system_fingerprint: fingerprint.clone(),
-                choices,
-                usage,
-            };
+            let chunk =
+                |choices: Vec<CompletionChoice>, usage: Option<Usage>| head.build(choices, usage);
             let mut offsets = vec![0u32; total];
             let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; total];
             let mut echoed = vec![!echo; total];
@@ -264,15 +259,8 @@ async fn handle(
         let (tx, rx) = mpsc::channel(64);
         let st2 = st.clone();
         tokio::spawn(async move {
-            let chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
-                id: id.clone(),
-                object: "text_completion".into(),
-                created,
-                model: model.clone(),
-                system_fingerprint: fingerprint.clone(),
-                choices,
-                usage,
-            };
+            let chunk =
+                |choices: Vec<CompletionChoice>, usage: Option<Usage>| head.build(choices, usage);
             if echo {
                 for i in 0..total {
                     let c = chunk(
@@ -378,15 +366,7 @@ async fn handle(
     let completion_tokens: u32 = candidates.iter().map(|c| c.tokens.len() as u32).sum();
     trajectory::record(&st, &info, candidates, &timer).await?;
     let usage = Usage::new(prompt_tokens, completion_tokens);
-    let body = Completion {
-        id,
-        object: "text_completion".into(),
-        created,
-        model,
-        system_fingerprint: fingerprint,
-        choices: choices_out,
-        usage: Some(usage.clone()),
-    };
+    let body = head.build(choices_out, Some(usage));
     if req.stream {
         // Held stream: every choice was checked whole; send one chunk per choice.
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
@@ -406,4 +386,27 @@ async fn handle(
         return Ok(sse(rx, st.cfg.keep_alive));
     }
     Ok(Json(body).into_response())
+}
+
+/// The envelope shared by this request's completion object and stream chunks.
+#[derive(Clone)]
+struct CompletionHead {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+}
+
+impl CompletionHead {
+    fn build(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Completion {
+        Completion {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            choices,
+            usage,
+        }
+    }
 }

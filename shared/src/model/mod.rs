@@ -215,7 +215,7 @@ impl Backbone {
             }
         }
         let ids = Tensor::from_vec(ids, n, &self.device)?;
-        let pos = Tensor::from_vec(pos, n, &self.device)?;
+        let rope = self.rope.gather(&Tensor::from_vec(pos, n, &self.device)?)?;
         let (nh, nkv, d) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
@@ -229,8 +229,8 @@ impl Backbone {
             let q = qkv[0].contiguous()?.reshape((n, nh, d))?;
             let k = qkv[1].contiguous()?.reshape((n, nkv, d))?;
             let v = qkv[2].contiguous()?.reshape((n, nkv, d))?;
-            let q = self.rope.apply(&q, &pos)?;
-            let k = self.rope.apply(&k, &pos)?;
+            let q = rope.apply(&q)?;
+            let k = rope.apply(&k)?;
             let a = if host {
                 self.host_attention(l, &q, &k, &v, inputs, &pasts)?
             } else {

@@ -27,10 +27,6 @@ pub struct ActQ8 {
 }
 
 impl ActQ8 {
-    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
-        Self::quantize_with(x, rows, cols, ActPrecision::Int8)
-    }
-
     pub fn quantize_with(x: &[f32], rows: usize, cols: usize, precision: ActPrecision) -> Self {
         assert_eq!(x.len(), rows * cols);
         assert_eq!(cols % BLOCK, 0);
