@@ -22,6 +22,9 @@ if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 
+# libtorch 2.11 (CPU libraries) for the trainer.
+bash scripts/setup_libtorch.sh
+
 if sha_ok "$GGUF_PATH" "$GGUF_SHA256"; then
   echo "setup: $GGUF_PATH verified"
   exit 0

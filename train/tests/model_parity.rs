@@ -1,0 +1,221 @@
+//! The tch model against transformers (the golden folders, within 1e-4) and against the candle model on the same
+//! directory; and a checkpoint written by the trainer served by candle with the same logits.
+
+use safeloop_shared::model::{OutputRows, SeqInput};
+use safeloop_shared::{load_causal_lm, load_score_model, LoadOptions};
+use safeloop_train::model::{
+    copy_tokenizer_files, save_hf_dir, Batch, HeadKind, Model, SaveOptions,
+};
+use serde_json::Value;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+const TOL: f64 = 1e-4;
+
+fn golden_dir(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/golden")).join(name)
+}
+
+fn golden_json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(golden_dir(name).join("golden.json")).unwrap())
+        .unwrap()
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+fn floats(v: &Value) -> Tensor {
+    let xs: Vec<f32> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    Tensor::from_slice(&xs)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+fn candle_logits(dir: &std::path::Path, tokens: &[i64]) -> Tensor {
+    let m = load_causal_lm(dir, &LoadOptions::default()).unwrap();
+    let toks: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+    let mut inp = [SeqInput::causal(&toks, None, OutputRows::All)];
+    let rows = m
+        .model
+        .forward(&mut inp)
+        .unwrap()
+        .remove(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    Tensor::from_slice(&rows.concat()).view([rows.len() as i64, -1])
+}
+
+#[test]
+fn causal_models_match_transformers_and_candle() {
+    for name in ["llama-gqa", "qwen2-tied"] {
+        let g = golden_json(name);
+        let model = Model::load(&golden_dir(name), None, Device::Cpu).unwrap();
+        for (i, p) in g["input_ids"].as_array().unwrap().iter().enumerate() {
+            let p = ids(p);
+            let batch = Batch::pad(std::slice::from_ref(&p), 3, false, Device::Cpu);
+            let logits = tch::no_grad(|| model.forward(&batch)).get(0);
+            let last = logits.get(p.len() as i64 - 1);
+            let d = max_diff(&last, &floats(&g["logits_last"][i]));
+            assert!(
+                d < TOL,
+                "{name} prompt {i}: last logits differ from transformers by {d}"
+            );
+            let lp = tch::no_grad(|| model.token_logprobs(&batch)).get(0);
+            let d = max_diff(&lp, &floats(&g["logprobs"][i]));
+            assert!(d < TOL, "{name} prompt {i}: logprobs differ by {d}");
+            let d = max_diff(&logits, &candle_logits(&golden_dir(name), &p));
+            assert!(
+                d < TOL,
+                "{name} prompt {i}: tch and candle logits differ by {d}"
+            );
+        }
+        // Left-padded batch: positions from the mask, pads masked out.
+        let rows: Vec<Vec<i64>> = g["batch"]["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect();
+        let mask: Vec<Vec<i64>> = g["batch"]["attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect();
+        let batch = Batch {
+            ids: Tensor::from_slice(&rows.concat()).view([rows.len() as i64, -1]),
+            mask: Tensor::from_slice(&mask.concat()).view([rows.len() as i64, -1]),
+        };
+        let logits = tch::no_grad(|| model.forward(&batch));
+        let l = logits.size()[1];
+        for b in 0..rows.len() {
+            let d = max_diff(
+                &logits.get(b as i64).get(l - 1),
+                &floats(&g["batch_logits_last"][b]),
+            );
+            assert!(d < TOL, "{name} batch row {b}: differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn score_model_matches_transformers() {
+    let g = golden_json("llama-gqa-score");
+    let model = Model::load(&golden_dir("llama-gqa-score"), None, Device::Cpu).unwrap();
+    let rows: Vec<Vec<i64>> = g["input_ids"].as_array().unwrap().iter().map(ids).collect();
+    let mask: Vec<Vec<i64>> = g["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
+    let batch = Batch {
+        ids: Tensor::from_slice(&rows.concat()).view([rows.len() as i64, -1]),
+        mask: Tensor::from_slice(&mask.concat()).view([rows.len() as i64, -1]),
+    };
+    let (scores, end) = tch::no_grad(|| model.end_scores(&batch));
+    let d = max_diff(&end, &floats(&g["end_scores"]));
+    assert!(d < TOL, "end scores differ by {d}");
+    assert_eq!(
+        Vec::<i64>::try_from(&batch.end_index()).unwrap(),
+        ids(&g["end_index"])
+    );
+    for (b, m) in mask.iter().enumerate() {
+        let n = m.iter().sum::<i64>();
+        let want = floats(&g["scores"][b]).narrow(0, 0, n);
+        let d = max_diff(&scores.get(b as i64).narrow(0, 0, n), &want);
+        assert!(d < TOL, "row {b} per-token scores differ by {d}");
+    }
+}
+
+#[test]
+fn trainer_checkpoint_is_served_by_candle_with_the_same_logits() {
+    let tmp = std::env::temp_dir().join(format!("safeloop-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for name in ["llama-gqa", "qwen2-tied"] {
+        let model = Model::load(&golden_dir(name), None, Device::Cpu).unwrap();
+        // Move the weights away from the golden ones so the check is about the save, not the source.
+        tch::no_grad(|| {
+            for (_, mut v) in model.vs.variables() {
+                let _ = v.g_add_(&(v.randn_like() * 0.01));
+            }
+        });
+        let out = tmp.join(name);
+        save_hf_dir(&model, &out, &SaveOptions::default()).unwrap();
+        copy_tokenizer_files(&golden_dir(name), &out).unwrap();
+        let p: Vec<i64> = ids(&golden_json(name)["input_ids"][1]);
+        let batch = Batch::pad(std::slice::from_ref(&p), 3, false, Device::Cpu);
+        let ours = tch::no_grad(|| model.forward(&batch)).get(0);
+        let d = max_diff(&ours, &candle_logits(&out, &p));
+        assert!(
+            d < TOL,
+            "{name}: candle serving the saved checkpoint differs by {d}"
+        );
+    }
+    // A score model saved from a policy (fresh head) round-trips through candle's score loader too.
+    let mut model = Model::load(
+        &golden_dir("llama-gqa"),
+        Some(HeadKind::Score {
+            score_dim: 1,
+            bias: true,
+        }),
+        Device::Cpu,
+    )
+    .unwrap();
+    model.freeze_lower_layers(1);
+    let out = tmp.join("score");
+    save_hf_dir(
+        &model,
+        &out,
+        &SaveOptions {
+            score_type: Some("cost".into()),
+            max_shard_bytes: 100_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        out.join("model.safetensors.index.json").is_file(),
+        "small shard limit writes an index"
+    );
+    copy_tokenizer_files(&golden_dir("llama-gqa"), &out).unwrap();
+    let p: Vec<i64> = ids(&golden_json("llama-gqa")["input_ids"][0]);
+    let batch = Batch::pad(std::slice::from_ref(&p), 3, false, Device::Cpu);
+    let (_, ours) = tch::no_grad(|| model.end_scores(&batch));
+    let c = load_score_model(&out, &LoadOptions::default()).unwrap();
+    let toks: Vec<u32> = p.iter().map(|&t| t as u32).collect();
+    let mut inp = [SeqInput::causal(&toks, None, OutputRows::Last)];
+    let theirs = c
+        .model
+        .forward(&mut inp)
+        .unwrap()
+        .remove(0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let d = (ours.double_value(&[0]) - theirs[0] as f64).abs();
+    assert!(d < TOL, "score model: candle differs by {d}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "LlamaModelForScore");
+    assert_eq!(cfg["score_type"], "cost");
+    std::fs::remove_dir_all(&tmp).ok();
+}
