@@ -48,22 +48,56 @@ pub fn safe_rlhf_text(messages: &[ChatMessage], response: Option<&str>, eos: &st
     s
 }
 
+/// The token ids a score model sees for a conversation and (optionally) a response — shared by serving and
+/// training, so both score the same ids: the text in `format`, the eos token appended if missing, and over-long
+/// inputs cut from the front (the end score is read at the last token).
+pub fn encode_for_score(
+    tokenizer: &Tokenizer,
+    format: ScoreFormat,
+    max_len: usize,
+    messages: &[ChatMessage],
+    response: Option<&str>,
+) -> Result<Vec<u32>> {
+    let eos = tokenizer.eos_token().unwrap_or("");
+    let eos_id = tokenizer
+        .eos_token()
+        .and_then(|t| tokenizer.token_to_id(t))
+        .or_else(|| tokenizer.eos_token_ids().first().copied());
+    let mut ids = match format {
+        ScoreFormat::SafeRlhf => {
+            tokenizer.encode(&safe_rlhf_text(messages, response, eos), true)?
+        }
+        ScoreFormat::ChatTemplate => {
+            let mut all = messages.to_vec();
+            let with_response = response.is_some();
+            if let Some(r) = response {
+                all.push(ChatMessage::new("assistant", r));
+            }
+            let text = tokenizer.apply_chat_template(&all, !with_response)?;
+            tokenizer.encode(&text, false)?
+        }
+    };
+    if let Some(e) = eos_id {
+        if ids.last() != Some(&e) {
+            ids.push(e);
+        }
+    }
+    if ids.len() > max_len {
+        ids.drain(..ids.len() - max_len);
+    }
+    Ok(ids)
+}
+
 pub struct Scorer {
     model: ScoreModel,
     tokenizer: Tokenizer,
     format: ScoreFormat,
-    eos_id: Option<u32>,
     max_len: usize,
 }
 
 impl Scorer {
     pub fn load(path: &Path, opts: &LoadOptions, format: ScoreFormat) -> Result<Self> {
         let m = load_score_model(path, opts)?;
-        let eos_id = m
-            .tokenizer
-            .eos_token()
-            .and_then(|t| m.tokenizer.token_to_id(t))
-            .or_else(|| m.tokenizer.eos_token_ids().first().copied());
         if format == ScoreFormat::ChatTemplate && m.tokenizer.chat_template().is_none() {
             return Err(Error::Template(format!(
                 "{}: the score model has no chat template",
@@ -75,7 +109,6 @@ impl Scorer {
             model: m.model,
             tokenizer: m.tokenizer,
             format,
-            eos_id,
         })
     }
 
@@ -86,30 +119,13 @@ impl Scorer {
     /// Token ids the model scores for a conversation and (optionally) a response. Over-long
     /// inputs keep their end (the end score is read at the last token).
     pub fn encode(&self, messages: &[ChatMessage], response: Option<&str>) -> Result<Vec<u32>> {
-        let eos = self.tokenizer.eos_token().unwrap_or("");
-        let mut ids = match self.format {
-            ScoreFormat::SafeRlhf => self
-                .tokenizer
-                .encode(&safe_rlhf_text(messages, response, eos), true)?,
-            ScoreFormat::ChatTemplate => {
-                let mut all = messages.to_vec();
-                let with_response = response.is_some();
-                if let Some(r) = response {
-                    all.push(ChatMessage::new("assistant", r));
-                }
-                let text = self.tokenizer.apply_chat_template(&all, !with_response)?;
-                self.tokenizer.encode(&text, false)?
-            }
-        };
-        if let Some(e) = self.eos_id {
-            if ids.last() != Some(&e) {
-                ids.push(e);
-            }
-        }
-        if ids.len() > self.max_len {
-            ids.drain(..ids.len() - self.max_len);
-        }
-        Ok(ids)
+        encode_for_score(
+            &self.tokenizer,
+            self.format,
+            self.max_len,
+            messages,
+            response,
+        )
     }
 
     /// End scores (all score dimensions) of a batch, in one packed pass.

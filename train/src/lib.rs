@@ -1,5 +1,12 @@
 //! safeloop-train: the trainer library behind the `safeloop-train` binary — the tch model (`model`), the Safe RLHF
 //! objectives (`losses`), datasets (`data`), optimisation (`optim`) and the commands built from them.
 
+pub mod config_file;
+pub mod convert;
+pub mod data;
+pub mod device;
 pub mod losses;
+pub mod metrics;
 pub mod model;
+pub mod optim;
+pub mod score;

@@ -1,6 +1,4 @@
-//! safeloop-train: the trainer. This stage ships `inspect`, which loads a policy or score
-//! model through the shared loader and prints what the trainer will see; training commands
-//! (sft, train-score, ppo-lag, round) build on it.
+//! safeloop-train: the trainer's command line.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -12,7 +10,8 @@ use std::path::PathBuf;
 #[command(
     name = "safeloop-train",
     version,
-    about = "Safe RLHF training jobs (safeloop)"
+    about = "Safe RLHF training jobs (safeloop)",
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,6 +24,33 @@ enum Command {
     Inspect {
         #[arg(long)]
         model: PathBuf,
+    },
+    /// Convert a GGUF policy (default: the SmolLM2 Q4_1 from scripts/setup.sh) into an HF directory for training.
+    Convert {
+        /// The .gguf file.
+        #[arg(long, default_value_os_t = safeloop_shared::assets::default_model_path())]
+        gguf: PathBuf,
+        /// Output directory (written atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Stored dtype: f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// Train a reward or cost model on preference data (PKU-SafeRLHF, HH-RLHF, labelled responses).
+    TrainScore(Box<safeloop_train::score::train::TrainScoreArgs>),
+    /// Evaluate a reward or cost model: one JSON line per file with pairs, ranking_accuracy, sign_accuracy.
+    EvalScore(safeloop_train::score::EvalScoreArgs),
+    /// Rebuild a model from a base directory and an adapter written by --adapter-out.
+    Merge {
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
 }
 
@@ -68,12 +94,65 @@ fn run(cli: Cli) -> Result<()> {
             };
             println!("{}", describe(&cfg, &model, &eos));
         }
+        Command::Convert { gguf, out, dtype } => {
+            let kind = safeloop_train::device::parse_kind(&dtype)?;
+            let t = std::time::Instant::now();
+            let cfg = safeloop_train::convert::gguf_to_hf(&gguf, &out, kind)?;
+            println!("{}", describe(&cfg, &out, &cfg.eos_token_ids));
+            eprintln!(
+                "converted {} → {} in {:.1}s",
+                gguf.display(),
+                out.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Command::TrainScore(args) => {
+            let summary = safeloop_train::score::train::run(&args)?;
+            println!("{summary}");
+        }
+        Command::EvalScore(args) => {
+            for line in safeloop_train::score::eval_score(&args)? {
+                println!("{line}");
+            }
+        }
+        Command::Merge {
+            base,
+            adapter,
+            out,
+            dtype,
+        } => {
+            let kind = safeloop_train::device::parse_kind(&dtype)?;
+            let model = safeloop_train::model::load_adapter(&base, &adapter, tch::Device::Cpu)?;
+            let score_type = match &model.cfg.head {
+                Head::Score { score_type, .. } => score_type.clone(),
+                Head::CausalLm => None,
+            };
+            safeloop_train::model::save_hf_dir(
+                &model,
+                &out,
+                &safeloop_train::model::SaveOptions {
+                    kind,
+                    score_type,
+                    ..Default::default()
+                },
+            )?;
+            safeloop_train::model::copy_tokenizer_files(&base, &out)?;
+            println!("{}", describe(&model.cfg, &out, &model.cfg.eos_token_ids));
+        }
     }
     Ok(())
 }
 
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
+    safeloop_train::device::init_threads();
+    let args = match safeloop_train::config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(Cli::parse_from(args)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

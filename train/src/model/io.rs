@@ -259,3 +259,105 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes only what training changed — the trainable tensors (LoRA adapters, unfrozen layers, the head) — as
+/// `adapter.safetensors` + `adapter.json` (the LoRA settings and the config of the head). [`load_adapter`] puts them
+/// back on the same base; a small artefact instead of a whole model.
+pub fn save_adapter(model: &Model, dir: &Path, kind: Kind, meta: Value) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tensors: Vec<(String, Tensor)> = model
+        .trainable()
+        .into_iter()
+        .map(|(n, t)| {
+            // Heads and norms stay f32: they are tiny and sensitive.
+            let k = if n.starts_with("score_head.") || n.contains("norm") {
+                Kind::Float
+            } else {
+                kind
+            };
+            (
+                n,
+                t.detach()
+                    .to_device(tch::Device::Cpu)
+                    .to_kind(k)
+                    .contiguous(),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&tensors, dir.join("adapter.safetensors"))?;
+    let mut head = model.cfg.head.clone();
+    if let (Head::Score { score_type, .. }, Some(t)) =
+        (&mut head, meta.get("score_type").and_then(Value::as_str))
+    {
+        *score_type = Some(t.to_string());
+    }
+    let (score_dim, bias) = match head {
+        Head::Score {
+            score_dim, bias, ..
+        } => (Some(score_dim), Some(bias)),
+        Head::CausalLm => (None, None),
+    };
+    let info = json!({
+        "lora": model.lora,
+        "score_dim": score_dim,
+        "score_bias": bias,
+        "tensors": tensors.len(),
+        "meta": meta,
+    });
+    std::fs::write(
+        dir.join("adapter.json"),
+        serde_json::to_string_pretty(&info)?,
+    )?;
+    Ok(())
+}
+
+/// Builds base + adapter: loads `base` with the adapter's head, adds its LoRA, and copies its tensors in.
+pub fn load_adapter(base: &Path, adapter: &Path, device: tch::Device) -> Result<Model> {
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter.json"))
+            .with_context(|| format!("reading {}", adapter.join("adapter.json").display()))?,
+    )
+    .with_context(|| format!("{}: not valid JSON", adapter.join("adapter.json").display()))?;
+    let head = match info["score_dim"].as_u64() {
+        Some(d) => super::HeadKind::Score {
+            score_dim: d as usize,
+            bias: info["score_bias"].as_bool().unwrap_or(true),
+        },
+        None => super::HeadKind::Lm,
+    };
+    let mut model = Model::load(base, Some(head), device)?;
+    if let Some(score_type) = info["meta"]["score_type"].as_str() {
+        if let Head::Score { score_type: st, .. } = &mut model.cfg.head {
+            *st = Some(score_type.to_string());
+        }
+    }
+    if !info["lora"].is_null() {
+        let lora: super::LoraConfig =
+            serde_json::from_value(info["lora"].clone()).context("adapter.json: `lora`")?;
+        model.add_lora(lora);
+    }
+    let file = adapter.join("adapter.safetensors");
+    let mut vars = model.vs.variables();
+    let _g = tch::no_grad_guard();
+    for (name, t) in
+        Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?
+    {
+        let var = vars.get_mut(&name).with_context(|| {
+            format!(
+                "{}: tensor `{name}` does not exist on base {}",
+                file.display(),
+                base.display()
+            )
+        })?;
+        if var.size() != t.size() {
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, the base needs {:?}",
+                file.display(),
+                t.size(),
+                var.size()
+            );
+        }
+        var.copy_(&t);
+    }
+    Ok(model)
+}

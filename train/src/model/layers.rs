@@ -2,7 +2,64 @@
 //! RoPE, GQA attention with a causal + padding mask, and the SwiGLU MLP.
 
 use safeloop_shared::config::ModelConfig;
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
+
+/// A projection `y = x·Wᵀ (+ b)` with an optional LoRA adapter `+ (x·Aᵀ)·Bᵀ·(α/r)`.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+/// Low-rank adapter (PEFT layout: `lora_A.weight [r, in]`, `lora_B.weight [out, r]`, B starts at zero).
+#[derive(Debug)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut y = x.matmul(&self.weight.tr());
+        if let Some(b) = &self.bias {
+            y += b;
+        }
+        if let Some(l) = &self.lora {
+            y += x.matmul(&l.a.tr()).matmul(&l.b.tr()) * l.scale;
+        }
+        y
+    }
+
+    /// Adds a rank-`r` adapter under `vs` (`lora_A`, `lora_B`).
+    pub fn add_lora(&mut self, vs: &nn::Path, r: usize, alpha: f64) {
+        let (out, inp) = (self.weight.size()[0], self.weight.size()[1]);
+        let bound = 1.0 / (inp as f64).sqrt();
+        let a = (vs / "lora_A").var(
+            "weight",
+            &[r as i64, inp],
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        );
+        let b = (vs / "lora_B").var("weight", &[out, r as i64], nn::Init::Const(0.0));
+        self.lora = Some(Lora {
+            a,
+            b,
+            scale: alpha / r as f64,
+        });
+    }
+
+    /// `W + scale·B·A`: the weight with the adapter folded in.
+    pub fn merged_weight(&self) -> Tensor {
+        match &self.lora {
+            Some(l) => (&self.weight + l.b.matmul(&l.a) * l.scale).detach(),
+            None => self.weight.detach(),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Embedding {
@@ -76,29 +133,30 @@ pub fn attention_mask(mask: &Tensor) -> Tensor {
 
 #[derive(Debug)]
 pub struct Attention {
-    q: nn::Linear,
-    k: nn::Linear,
-    v: nn::Linear,
-    o: nn::Linear,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
 }
 
-fn linear(vs: nn::Path, i: usize, o: usize, bias: bool) -> nn::Linear {
-    nn::linear(
-        vs,
-        i as i64,
-        o as i64,
-        nn::LinearConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias,
+fn linear(vs: nn::Path, i: usize, o: usize, bias: bool) -> Linear {
+    let weight = vs.var(
+        "weight",
+        &[o as i64, i as i64],
+        nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
         },
-    )
+    );
+    let bias = bias.then(|| vs.var("bias", &[o as i64], nn::Init::Const(0.0)));
+    Linear {
+        weight,
+        bias,
+        lora: None,
+    }
 }
 
 impl Attention {
@@ -167,9 +225,9 @@ impl Attention {
 
 #[derive(Debug)]
 pub struct Mlp {
-    gate: nn::Linear,
-    up: nn::Linear,
-    down: nn::Linear,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
 }
 
 impl Mlp {

@@ -9,8 +9,16 @@
 mod io;
 mod layers;
 
-pub use io::{copy_tokenizer_files, save_hf_dir, SaveOptions};
+pub use io::{copy_tokenizer_files, load_adapter, save_adapter, save_hf_dir, SaveOptions};
 pub use layers::rope_cos_sin;
+
+/// LoRA adapters on every projection (q, k, v, o, gate, up, down) of the layers from `from_layer` up.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub from_layer: usize,
+}
 
 use anyhow::{bail, Context, Result};
 use layers::{Attention, Embedding, Mlp, RmsNorm};
@@ -110,6 +118,7 @@ pub struct Model {
     inv_freq: Tensor,
     /// Layers below this index run without gradient (their parameters are frozen).
     frozen_layers: usize,
+    pub lora: Option<LoraConfig>,
 }
 
 /// Which head to build.
@@ -181,6 +190,7 @@ impl Model {
             head,
             inv_freq,
             frozen_layers: 0,
+            lora: None,
         })
     }
 
@@ -237,6 +247,76 @@ impl Model {
                 let _ = var.set_requires_grad(false);
             }
         }
+    }
+
+    /// Adds LoRA adapters (see [`LoraConfig`]) and freezes every base weight: what trains is the adapters and the
+    /// score head, if any. Layers below `from_layer` run without autograd.
+    pub fn add_lora(&mut self, cfg: LoraConfig) {
+        let root = self.vs.root();
+        for (i, layer) in self.layers.iter_mut().enumerate().skip(cfg.from_layer) {
+            let p = &root / "model" / "layers" / i;
+            let a = &mut layer.attn;
+            for (name, lin) in [
+                ("q_proj", &mut a.q),
+                ("k_proj", &mut a.k),
+                ("v_proj", &mut a.v),
+                ("o_proj", &mut a.o),
+            ] {
+                lin.add_lora(&(&p / "self_attn" / name), cfg.rank, cfg.alpha);
+            }
+            let m = &mut layer.mlp;
+            for (name, lin) in [
+                ("gate_proj", &mut m.gate),
+                ("up_proj", &mut m.up),
+                ("down_proj", &mut m.down),
+            ] {
+                lin.add_lora(&(&p / "mlp" / name), cfg.rank, cfg.alpha);
+            }
+        }
+        for (name, var) in self.vs.variables() {
+            if !(name.contains(".lora_") || name.starts_with("score_head.")) {
+                let _ = var.set_requires_grad(false);
+            }
+        }
+        self.frozen_layers = cfg.from_layer.min(self.layers.len());
+        self.lora = Some(cfg);
+    }
+
+    /// The HF tensors to save: every base parameter, with LoRA adapters folded into their weights.
+    pub fn export_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut merged = std::collections::HashMap::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = &layer.attn;
+            let m = &layer.mlp;
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q),
+                ("self_attn.k_proj", &a.k),
+                ("self_attn.v_proj", &a.v),
+                ("self_attn.o_proj", &a.o),
+                ("mlp.gate_proj", &m.gate),
+                ("mlp.up_proj", &m.up),
+                ("mlp.down_proj", &m.down),
+            ] {
+                if lin.lora.is_some() {
+                    merged.insert(
+                        format!("model.layers.{i}.{name}.weight"),
+                        lin.merged_weight(),
+                    );
+                }
+            }
+        }
+        let mut out: Vec<_> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| !n.contains(".lora_"))
+            .map(|(n, t)| {
+                let t = merged.remove(&n).unwrap_or_else(|| t.detach());
+                (n, t)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Parameters that take gradient, with their names.

@@ -1,0 +1,363 @@
+//! `train-score`: a reward or cost model from preference data (spec §2). The backbone comes from a policy or
+//! score-model directory; a fresh score head is added to a policy. What trains: everything (default), everything
+//! above `--freeze-layers N`, only the head (`--train head`), or LoRA adapters from a layer up plus the head.
+//! Per epoch it evaluates on the `--eval` files; it checkpoints every `--save-every` steps (resumable with
+//! `--resume`) and writes the final model as an HF directory the server loads (and, with `--adapter-out`, only
+//! the trained tensors).
+
+use super::batches::{collate, epoch_batches};
+use super::eval::{batch_loss, evaluate};
+use crate::data::preference::{self, Encoder, ScoreData, ScoreKind};
+use crate::losses::preference::LossType;
+use crate::metrics::{progress, MetricsLog};
+use crate::model::{
+    copy_tokenizer_files, load_adapter, save_adapter, save_hf_dir, HeadKind, LoraConfig, Model,
+    SaveOptions,
+};
+use crate::optim::{AdamW, LrSchedule, Schedule};
+use anyhow::{bail, Context, Result};
+use safeloop_shared::config::{generation_eos_ids, ModelConfig};
+use safeloop_shared::scoring::ScoreFormat;
+use safeloop_shared::Tokenizer;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct TrainScoreArgs {
+    /// Backbone: an HF policy directory (a fresh score head is added) or a score-model directory (trained on).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, value_enum)]
+    pub kind: ScoreKind,
+    /// Training files (PKU-SafeRLHF, HH-RLHF pairs, or labelled single responses for the cost sign term).
+    #[arg(long = "data", required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Evaluation files, evaluated after every epoch.
+    #[arg(long = "eval", num_args = 1..)]
+    pub eval: Vec<PathBuf>,
+    /// Output directory (the final HF score model; checkpoints under OUT/checkpoint).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write only the trained tensors here (small; `merge` rebuilds the model on the base).
+    #[arg(long)]
+    pub adapter_out: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Examples (pairs or single responses) per optimiser step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub lr_scheduler: Schedule,
+    #[arg(long, default_value_t = 0.03)]
+    pub warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// L2 coefficient on the scores.
+    #[arg(long, default_value_t = 0.001)]
+    pub regularization: f64,
+    #[arg(long, value_enum, default_value_t = LossType::SequenceWise)]
+    pub loss_type: LossType,
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Freeze the embedding and the lower N decoder layers.
+    #[arg(long, default_value_t = 0)]
+    pub freeze_layers: usize,
+    /// Train only the score head.
+    #[arg(long)]
+    pub head_only: bool,
+    /// LoRA rank (0 = no LoRA). With LoRA the base weights are frozen.
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// First layer that gets LoRA adapters (lower layers run frozen, without autograd).
+    #[arg(long, default_value_t = 0)]
+    pub lora_from_layer: usize,
+    /// Input format the model scores: `safe-rlhf` (default; what the server uses) or `chat-template`.
+    #[arg(long, default_value = "safe-rlhf")]
+    pub score_format: String,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Stored dtype of the output model: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    pub save_dtype: String,
+    /// Checkpoint every N optimiser steps (0 = at the end of each epoch only).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: u64,
+    /// Continue from OUT/checkpoint if present.
+    #[arg(long)]
+    pub resume: bool,
+    /// Metrics JSONL (default OUT/metrics.jsonl).
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Padded tokens per forward pass in evaluation.
+    #[arg(long, default_value_t = 8192)]
+    pub eval_tokens: usize,
+    /// Stop after this many optimiser steps (for smoke runs; 0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_steps: u64,
+}
+
+pub fn parse_score_format(s: &str) -> Result<ScoreFormat> {
+    Ok(match s {
+        "safe-rlhf" => ScoreFormat::SafeRlhf,
+        "chat-template" => ScoreFormat::ChatTemplate,
+        other => bail!("--score-format: `{other}` is not safe-rlhf or chat-template"),
+    })
+}
+
+/// The tokenizer of an HF directory (and its pad id: the tokenizer's pad token, else eos, else 0).
+pub fn load_tokenizer(dir: &Path) -> Result<(Tokenizer, i64)> {
+    let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+    let eos = generation_eos_ids(dir)?;
+    let tok = Tokenizer::from_hf_dir(dir, &cfg, &eos)?;
+    let pad = tok
+        .pad_token_id()
+        .or_else(|| tok.eos_token_ids().first().copied())
+        .unwrap_or(0) as i64;
+    Ok((tok, pad))
+}
+
+pub fn load_data(
+    kind: ScoreKind,
+    files: &[PathBuf],
+    tok: &Tokenizer,
+    format: ScoreFormat,
+    max_len: usize,
+) -> Result<ScoreData> {
+    preference::load(
+        kind,
+        files,
+        &Encoder {
+            tokenizer: tok,
+            format,
+            max_len,
+        },
+    )
+}
+
+fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+pub fn run(args: &TrainScoreArgs) -> Result<Value> {
+    let started = Instant::now();
+    let device = crate::device::parse_device(&args.device)?;
+    let save_kind = crate::device::parse_kind(&args.save_dtype)?;
+    let format = parse_score_format(&args.score_format)?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    tch::manual_seed(args.seed as i64);
+    let (tok, pad) = load_tokenizer(&args.model)?;
+    let train = load_data(args.kind, &args.data, &tok, format, args.max_length)?;
+    let evals: Vec<(PathBuf, ScoreData)> = args
+        .eval
+        .iter()
+        .map(|f| {
+            Ok((
+                f.clone(),
+                load_data(
+                    args.kind,
+                    std::slice::from_ref(f),
+                    &tok,
+                    format,
+                    args.max_length,
+                )?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    eprintln!(
+        "train-score {}: {} pairs + {} single responses (dropped: {} conflicting labels, {} without a preference, {} identical)",
+        args.kind.name(),
+        train.n_pairs,
+        train.n_singles,
+        train.dropped_conflicting_labels,
+        train.dropped_no_preference,
+        train.dropped_identical
+    );
+
+    let head = HeadKind::Score {
+        score_dim: 1,
+        bias: true,
+    };
+    let ckpt = checkpoint_dir(&args.out);
+    let resuming = args.resume && ckpt.join("state.json").is_file();
+    let mut model = if resuming {
+        load_adapter(&args.model, &ckpt, device)?
+    } else {
+        Model::load(&args.model, Some(head), device)?
+    };
+    if let safeloop_shared::config::Head::Score { score_type, .. } = &mut model.cfg.head {
+        *score_type = Some(args.kind.name().to_string());
+    }
+    // A resumed LoRA run comes back from its checkpoint with its adapters (and its base frozen).
+    if model.lora.is_none() {
+        if args.lora_rank > 0 {
+            model.add_lora(LoraConfig {
+                rank: args.lora_rank,
+                alpha: args.lora_alpha,
+                from_layer: args.lora_from_layer,
+            });
+        } else if args.head_only {
+            model.freeze_all_but_head();
+        } else if args.freeze_layers > 0 {
+            model.freeze_lower_layers(args.freeze_layers);
+        }
+    }
+    let trainable = model.trainable();
+    let n_params: i64 = trainable.iter().map(|(_, t)| t.numel() as i64).sum();
+    eprintln!(
+        "trainable parameters: {n_params} in {} tensors",
+        trainable.len()
+    );
+    let mut opt = AdamW::new(trainable, args.weight_decay);
+
+    let steps_per_epoch = epoch_batches(&train, args.batch_size, args.seed, 0, true).len() as u64;
+    let total_steps = steps_per_epoch * args.epochs as u64;
+    let sched = LrSchedule::new(args.lr, args.lr_scheduler, args.warmup_ratio, total_steps);
+    let mut global_step = 0u64;
+    if resuming {
+        opt.load(&ckpt.join("optimizer.safetensors"))?;
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json"))?)?;
+        global_step = state["global_step"]
+            .as_u64()
+            .context("checkpoint state.json: global_step")?;
+        eprintln!("resuming from {} at step {global_step}", ckpt.display());
+    }
+    let mut log = MetricsLog::open(
+        &args
+            .metrics
+            .clone()
+            .unwrap_or_else(|| args.out.join("metrics.jsonl")),
+    )?;
+    let mut evaluations = Vec::new();
+    let save_ckpt = |model: &Model, opt: &AdamW, step: u64| -> Result<()> {
+        let tmp = ckpt.with_extension("partial");
+        std::fs::remove_dir_all(&tmp).ok();
+        save_adapter(
+            model,
+            &tmp,
+            tch::Kind::Float,
+            json!({"score_type": args.kind.name()}),
+        )?;
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        std::fs::write(
+            tmp.join("state.json"),
+            serde_json::to_string_pretty(&json!({"global_step": step, "args": args}))?,
+        )?;
+        std::fs::remove_dir_all(&ckpt).ok();
+        std::fs::rename(&tmp, &ckpt).with_context(|| format!("writing {}", ckpt.display()))?;
+        Ok(())
+    };
+
+    'epochs: for epoch in 0..args.epochs {
+        let batches = epoch_batches(&train, args.batch_size, args.seed, epoch, true);
+        let pb = progress(
+            batches.len() as u64,
+            &format!("epoch {}/{}", epoch + 1, args.epochs),
+        );
+        for (k, items) in batches.iter().enumerate() {
+            let step = epoch as u64 * steps_per_epoch + k as u64;
+            if step < global_step {
+                pb.inc(1);
+                continue;
+            }
+            if args.max_steps > 0 && global_step >= args.max_steps {
+                pb.finish_and_clear();
+                break 'epochs;
+            }
+            let t = Instant::now();
+            let c = collate(&train, items, pad, device);
+            opt.zero_grad();
+            let b = batch_loss(&model, &c, args.kind, args.loss_type, args.regularization);
+            b.total.backward();
+            let grad_norm = opt.clip_grad_norm(args.max_grad_norm);
+            let lr = sched.at(global_step);
+            opt.step(lr);
+            global_step += 1;
+            let acc = (b.pairs > 0).then(|| b.rank_correct as f64 / b.pairs as f64);
+            let sign = (b.signed > 0).then(|| b.sign_correct as f64 / b.signed as f64);
+            log.write(&json!({
+                "step": global_step, "epoch": epoch + 1, "loss": b.loss, "l2": b.l2, "lr": lr,
+                "grad_norm": grad_norm, "accuracy": acc, "sign_accuracy": sign,
+                "tokens": c.batch.ids.numel(), "step_s": t.elapsed().as_secs_f64(),
+            }))?;
+            pb.set_message(format!("loss {:.4}", b.loss));
+            pb.inc(1);
+            if args.save_every > 0 && global_step % args.save_every == 0 {
+                save_ckpt(&model, &opt, global_step)?;
+            }
+        }
+        pb.finish_and_clear();
+        save_ckpt(&model, &opt, global_step)?;
+        evaluations.extend(run_evals(&model, &evals, args, pad, epoch + 1, &mut log)?);
+    }
+    if evaluations.is_empty() {
+        // Stopped by --max-steps before an epoch ended.
+        save_ckpt(&model, &opt, global_step)?;
+        evaluations.extend(run_evals(&model, &evals, args, pad, args.epochs, &mut log)?);
+    }
+
+    save_hf_dir(
+        &model,
+        &args.out.join("model"),
+        &SaveOptions {
+            kind: save_kind,
+            score_type: Some(args.kind.name().into()),
+            ..Default::default()
+        },
+    )?;
+    copy_tokenizer_files(&args.model, &args.out.join("model"))?;
+    if let Some(a) = &args.adapter_out {
+        save_adapter(
+            &model,
+            a,
+            tch::Kind::BFloat16,
+            json!({"score_type": args.kind.name(), "base": args.model.display().to_string()}),
+        )?;
+    }
+    Ok(json!({
+        "kind": args.kind.name(),
+        "out": args.out.join("model").display().to_string(),
+        "steps": global_step,
+        "train": train,
+        "evaluations": evaluations,
+        "wall_s": started.elapsed().as_secs_f64(),
+    }))
+}
+
+fn run_evals(
+    model: &Model,
+    evals: &[(PathBuf, ScoreData)],
+    args: &TrainScoreArgs,
+    pad: i64,
+    epoch: usize,
+    log: &mut MetricsLog,
+) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for (file, data) in evals {
+        let mut e = evaluate(
+            model,
+            data,
+            args.kind,
+            args.batch_size,
+            args.eval_tokens,
+            pad,
+        );
+        e["epoch"] = json!(epoch);
+        e["file"] = json!(file.display().to_string());
+        log.write(&json!({ "eval": e }))?;
+        eprintln!("eval {e}");
+        out.push(e);
+    }
+    Ok(out)
+}
