@@ -4,9 +4,14 @@
 pub mod config_file;
 pub mod convert;
 pub mod data;
+pub mod data_cmd;
 pub mod device;
+pub mod evaluate;
 pub mod losses;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plots;
+pub mod rollout;
 pub mod score;
+pub mod sft;

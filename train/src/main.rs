@@ -41,6 +41,13 @@ enum Command {
     TrainScore(Box<safeloop_train::score::train::TrainScoreArgs>),
     /// Evaluate a reward or cost model: one JSON line per file with pairs, ranking_accuracy, sign_accuracy.
     EvalScore(safeloop_train::score::EvalScoreArgs),
+    /// Supervised fine-tuning on prompt/response, chat or Alpaca rows (assistant tokens only are targets).
+    Sft(Box<safeloop_train::sft::SftArgs>),
+    /// Validate / import preference data; export logged trajectories as pairs for annotation.
+    #[command(subcommand)]
+    Data(safeloop_train::data_cmd::DataCommand),
+    /// Evaluate a policy with the cost (and reward) model: harmful ratio, means, arena against a second policy, plots.
+    Eval(Box<safeloop_train::evaluate::EvalArgs>),
     /// Rebuild a model from a base directory and an adapter written by --adapter-out.
     Merge {
         #[arg(long)]
@@ -114,6 +121,19 @@ fn run(cli: Cli) -> Result<()> {
             for line in safeloop_train::score::eval_score(&args)? {
                 println!("{line}");
             }
+        }
+        Command::Sft(args) => {
+            let summary = safeloop_train::sft::run(&args)?;
+            println!("{summary}");
+        }
+        Command::Data(cmd) => {
+            for line in safeloop_train::data_cmd::run(&cmd)? {
+                println!("{line}");
+            }
+        }
+        Command::Eval(args) => {
+            let summary = safeloop_train::evaluate::run(&args)?;
+            println!("{summary}");
         }
         Command::Merge {
             base,

@@ -71,19 +71,56 @@ pub fn read(path: &Path) -> Result<Vec<HhPair>> {
     let mut out = Vec::new();
     for (i, v) in read_jsonl_values(path)?.iter().enumerate() {
         let raw: Raw = parse_row(path, i + 1, v)?;
-        let (m1, chosen) = split(path, i + 1, "chosen", &raw.chosen)?;
-        let (m2, rejected) = split(path, i + 1, "rejected", &raw.rejected)?;
-        if m1 != m2 {
+        let c = split(path, i + 1, "chosen", &raw.chosen);
+        let r = split(path, i + 1, "rejected", &raw.rejected);
+        if let (Ok((m1, chosen)), Ok((m2, rejected))) = (&c, &r) {
+            if m1 == m2 {
+                out.push(HhPair {
+                    messages: m1.clone(),
+                    chosen: chosen.clone(),
+                    rejected: rejected.clone(),
+                });
+                continue;
+            }
+        }
+        if parse_transcript(&raw.chosen).is_none() {
+            c?;
+        }
+        if parse_transcript(&raw.rejected).is_none() {
+            r?;
+        }
+        // The transcripts diverge before the final turn (a few upstream rows, some with a "Human:" inside a
+        // turn): the conversation is the common prefix up to its last "\n\nAssistant:", each response all after it.
+        let common = raw
+            .chosen
+            .bytes()
+            .zip(raw.rejected.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let common = (0..=common)
+            .rev()
+            .find(|&k| raw.chosen.is_char_boundary(k))
+            .unwrap_or(0);
+        let cut = raw.chosen[..common].rfind(ASSISTANT).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}:{}: `chosen` and `rejected` share no conversation prefix",
+                path.display(),
+                i + 1
+            )
+        })?;
+        let messages = parse_transcript(&raw.chosen[..cut]).unwrap_or_default();
+        if messages.last().is_none_or(|m| m.role != "user") {
             bail!(
-                "{}:{}: `chosen` and `rejected` differ before their final assistant turn",
+                "{}:{}: `chosen` and `rejected` share no conversation ending with a human turn",
                 path.display(),
                 i + 1
             );
         }
+        let rest = |t: &str| t[cut + ASSISTANT.len()..].trim().to_string();
         out.push(HhPair {
-            messages: m1,
-            chosen,
-            rejected,
+            messages,
+            chosen: rest(&raw.chosen),
+            rejected: rest(&raw.rejected),
         });
     }
     Ok(out)

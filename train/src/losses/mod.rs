@@ -6,6 +6,7 @@ pub mod gae;
 pub mod lagrange;
 pub mod ppo;
 pub mod preference;
+pub mod sft;
 pub mod shaping;
 
 use tch::{Kind, Tensor};

@@ -1,0 +1,109 @@
+//! Generation on the serving engine (the candle continuous-batching engine `safeloop-serve` runs): evaluation
+//! answers and PPO rollouts come from the same code path that serves users.
+
+use anyhow::{Context, Result};
+use safeloop_shared::engine::{Engine, EngineConfig, SamplingParams};
+use safeloop_shared::model::CausalLm;
+use safeloop_shared::scoring::safe_rlhf_text;
+use safeloop_shared::{load_causal_lm, ChatMessage, LoadOptions, Tokenizer};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How a prompt is shown to the policy.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFormat {
+    /// The policy's own chat template (user turn + generation prompt).
+    ChatTemplate,
+    /// `BEGINNING OF CONVERSATION: USER: … ASSISTANT:` (the safe-rlhf policies).
+    SafeRlhf,
+}
+
+/// One finished generation.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub text: String,
+    /// Behaviour log-probs as sampled by the engine.
+    pub logprobs: Vec<f32>,
+    pub finished_by_eos: bool,
+}
+
+pub struct Policy {
+    pub engine: Engine<CausalLm>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub format: PromptFormat,
+}
+
+impl Policy {
+    /// Loads a policy (HF directory or .gguf) onto the engine.
+    pub fn load(path: &Path, format: PromptFormat, engine: EngineConfig) -> Result<Self> {
+        let loaded = load_causal_lm(path, &LoadOptions::default())
+            .with_context(|| format!("loading policy {}", path.display()))?;
+        Ok(Self::from_model(
+            loaded.model,
+            loaded.tokenizer,
+            format,
+            engine,
+        ))
+    }
+
+    pub fn from_model(
+        model: CausalLm,
+        tokenizer: Tokenizer,
+        format: PromptFormat,
+        engine: EngineConfig,
+    ) -> Self {
+        let tokenizer = Arc::new(tokenizer);
+        Self {
+            engine: Engine::new(model, tokenizer.clone(), engine),
+            tokenizer,
+            format,
+        }
+    }
+
+    pub fn encode_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        Ok(match self.format {
+            PromptFormat::ChatTemplate => self.tokenizer.encode_chat(messages, true)?,
+            PromptFormat::SafeRlhf => {
+                let eos = self.tokenizer.eos_token().unwrap_or("");
+                self.tokenizer
+                    .encode(&safe_rlhf_text(messages, None, eos), true)?
+            }
+        })
+    }
+
+    /// Generates one answer per conversation; request `i` samples with seed `seed + i` (reproducible whatever
+    /// else is in the batch).
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<ChatMessage>],
+        params: &SamplingParams,
+        seed: u64,
+    ) -> Result<Vec<Generated>> {
+        let mut reqs = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            let mut sp = params.clone();
+            sp.seed = Some(seed.wrapping_add(i as u64));
+            sp.logprobs = true;
+            sp.skip_special_tokens = true;
+            reqs.push((self.encode_prompt(p)?, sp));
+        }
+        let prompt_ids: Vec<Vec<u32>> = reqs.iter().map(|r| r.0.clone()).collect();
+        let out = self.engine.generate(reqs)?;
+        Ok(out
+            .into_iter()
+            .zip(prompt_ids)
+            .map(|(c, prompt_ids)| Generated {
+                prompt_ids,
+                ids: c.token_ids(),
+                logprobs: c.tokens.iter().map(|t| t.logprob).collect(),
+                finished_by_eos: c.finish_reason.as_str() == "stop",
+                text: c.text,
+            })
+            .collect())
+    }
+}
