@@ -1,0 +1,313 @@
+//! `safeloop-train sft`, `eval`, `data` and `convert` through their command lines (tiny golden models).
+
+use safeloop_tests::{bin, golden_dir, Server};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn data(name: &str) -> PathBuf {
+    golden_dir("..").join("data").join(name)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("safeloop-cli-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn train(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("safeloop-train"))
+        .args(args)
+        .env("SAFELOOP_TRAIN_THREADS", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn head(src: &Path, n: usize, dst: &Path) {
+    let text = std::fs::read_to_string(src).unwrap();
+    std::fs::write(
+        dst,
+        text.lines().take(n).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn sft_learns_the_assistant_turns_and_writes_a_servable_policy() {
+    let dir = tmp("sft");
+    let rows = dir.join("alpaca.jsonl");
+    head(&data("refusal_instructions.jsonl"), 6, &rows);
+    let out = dir.join("run");
+    let (ok, stdout, err) = train(&[
+        "sft",
+        "--model",
+        s(&golden_dir("llama-gqa")),
+        "--data",
+        s(&rows),
+        "--out",
+        s(&out),
+        "--epochs",
+        "12",
+        "--batch-size",
+        "3",
+        "--lr",
+        "3e-3",
+        "--max-length",
+        "128",
+        "--warmup-ratio",
+        "0",
+    ]);
+    assert!(ok, "sft failed: {err}");
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["examples"], 6);
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 24);
+    assert!(
+        losses[losses.len() - 1] < 0.5 * losses[0],
+        "SFT loss went {} → {}",
+        losses[0],
+        losses[losses.len() - 1]
+    );
+    // The candle server loads what the trainer wrote.
+    let out_serve = Command::new(bin("safeloop-serve"))
+        .args([
+            "generate",
+            "--max-tokens",
+            "4",
+            "--prompt",
+            "hello",
+            "--model",
+            s(&out.join("model")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out_serve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out_serve.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn eval_reports_harmful_ratio_arena_and_plots() {
+    let dir = tmp("eval");
+    let (ok, stdout, err) = train(&[
+        "eval",
+        "--policy",
+        s(&golden_dir("llama-gqa")),
+        "--against",
+        s(&golden_dir("qwen2-tied")),
+        "--cost-model",
+        s(&golden_dir("llama-gqa-score")),
+        "--reward-model",
+        s(&golden_dir("llama-gqa-score")),
+        "--prompts",
+        s(&data("pku_saferlhf_dev.jsonl")),
+        s(&data("redteam_eval_prompts.jsonl")),
+        "--eval-set",
+        "I-MaliciousInstructions",
+        "--limit",
+        "5",
+        "--max-tokens",
+        "12",
+        "--out",
+        s(&dir),
+    ]);
+    assert!(ok, "eval failed: {err}");
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
+    // The red-team filter applies to the red-team file; the PKU file has no eval_set and is filtered out entirely.
+    assert_eq!(summary["prompts"], 5, "{summary}");
+    let p = &summary["policy"];
+    let ratio = p["harmful_ratio"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&ratio));
+    assert!(p["by_set"]["redteam_eval_prompts/I-MaliciousInstructions"]["n"] == 5);
+    let t = &summary["arena"]["transitions"];
+    let total: u64 = [
+        "safe_to_safe",
+        "safe_to_unsafe",
+        "unsafe_to_safe",
+        "unsafe_to_unsafe",
+    ]
+    .iter()
+    .map(|k| t[k].as_u64().unwrap())
+    .sum();
+    assert_eq!(total, 5);
+    // The harmful ratio is the share of answers with cost > 0 in the CSV.
+    let csv = std::fs::read_to_string(dir.join("responses.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 5);
+    for f in [
+        "reward_vs_cost.png",
+        "reward_vs_cost.svg",
+        "cost_hist.png",
+        "reward_hist.svg",
+    ] {
+        assert!(
+            dir.join(f)
+                .metadata()
+                .map(|m| m.len() > 1000)
+                .unwrap_or(false),
+            "{f} missing or empty"
+        );
+    }
+    let (ok, _, err) = train(&[
+        "eval",
+        "--cost-model",
+        s(&golden_dir("llama-gqa-score")),
+        "--prompts",
+        s(&data("redteam_eval_prompts.jsonl")),
+        "--eval-set",
+        "NoSuchSet",
+        "--out",
+        s(&dir.join("x")),
+    ]);
+    assert!(!ok && err.contains("no prompts selected"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn data_validate_import_and_export_logged_pairs() {
+    let dir = tmp("data");
+    let (ok, stdout, err) = train(&[
+        "data",
+        "validate",
+        s(&data("pku_saferlhf_dev.jsonl")),
+        s(&data("hh_rlhf_dev.jsonl")),
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["format"], "pku-safe-rlhf");
+    assert_eq!(lines[0]["rows"], 28);
+    assert_eq!(lines[1]["format"], "hh-rlhf");
+    // Import drops rows whose safety labels contradict the preference.
+    let src = dir.join("pku.jsonl");
+    let good = std::fs::read_to_string(data("pku_saferlhf_dev.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let mut bad: Value = serde_json::from_str(&good).unwrap();
+    bad["safer_response_id"] = 0.into();
+    bad["is_response_0_safe"] = false.into();
+    bad["is_response_1_safe"] = true.into();
+    std::fs::write(&src, format!("{good}\n{bad}\n")).unwrap();
+    let (ok, stdout, err) = train(&[
+        "data",
+        "import",
+        "--in",
+        s(&src),
+        "--out",
+        s(&dir.join("clean.jsonl")),
+    ]);
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (r["rows"].as_u64(), r["dropped_conflicting"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    // Trajectories logged by the server become unlabelled PKU pairs.
+    let log_dir = dir.join("log");
+    let model = golden_dir("llama-gqa");
+    let server = Server::start(&[
+        "--model",
+        s(&model),
+        "--log-dir",
+        s(&log_dir),
+        "--log-fsync",
+        "always",
+    ]);
+    let body = serde_json::json!({"model": "llama-gqa", "messages": [{"role": "user", "content": "How do I pick a lock?"}],
+        "n": 3, "max_tokens": 8, "temperature": 1.0, "seed": 5});
+    let resp = reqwest::blocking::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success());
+    server.terminate();
+    drop(server);
+    let out = dir.join("pairs.jsonl");
+    let (ok, stdout, err) = train(&[
+        "data",
+        "export-pairs",
+        "--log-dir",
+        s(&log_dir),
+        "--model",
+        s(&model),
+        "--out",
+        s(&out),
+        "--include-open",
+    ]);
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["records"], 3);
+    let rows: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty() && rows.len() <= 3);
+    assert_eq!(rows[0]["prompt"], "How do I pick a lock?");
+    assert!(rows[0]["safer_response_id"].is_null() && rows[0]["is_response_0_safe"].is_null());
+    // The export reads back as PKU-SafeRLHF rows.
+    let (ok, stdout, err) = train(&["data", "validate", s(&out)]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("pku-safe-rlhf"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn convert_writes_an_hf_directory_for_the_default_gguf() {
+    let dir = tmp("convert");
+    let gguf = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (ok, stdout, err) = train(&[
+        "convert",
+        "--gguf",
+        s(&gguf),
+        "--out",
+        s(&dir.join("hf")),
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["layers"], 30);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("hf/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    assert_eq!(cfg["tie_word_embeddings"], true);
+    let (ok, _, err) = train(&[
+        "convert",
+        "--gguf",
+        s(&dir.join("missing.gguf")),
+        "--out",
+        s(&dir.join("x")),
+    ]);
+    assert!(!ok && err.contains("missing.gguf"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
