@@ -129,6 +129,32 @@ impl SafetensorsWeights {
     }
 }
 
+/// Tensors handed over in memory, by HF name — how the trainer gives the engine its updated policy weights
+/// after each optimiser step without a round trip through disk.
+pub struct MemoryWeights {
+    pub tensors: std::collections::HashMap<String, Tensor>,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl MemoryWeights {
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            source_desc: "the in-memory weights".into(),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                source_desc: "the in-memory weights".into(),
+                expected: shape.to_vec(),
+                actual: t.dims().to_vec(),
+            });
+        }
+        Ok(t.to_device(&self.device)?.to_dtype(self.dtype)?)
+    }
+}
+
 /// A parsed GGUF file: metadata plus lazily read quantized tensors.
 pub struct GgufWeights {
     pub path: PathBuf,

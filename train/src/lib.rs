@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plots;
+pub mod ppo;
 pub mod rollout;
 pub mod score;
 pub mod sft;

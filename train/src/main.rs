@@ -46,6 +46,15 @@ enum Command {
     /// Validate / import preference data; export logged trajectories as pairs for annotation.
     #[command(subcommand)]
     Data(safeloop_train::data_cmd::DataCommand),
+    /// PPO-Lagrangian (Safe RLHF): maximise reward subject to E[cost] ≤ threshold, λ learned in log space.
+    PpoLag(Box<safeloop_train::ppo::PpoArgs>),
+    /// PPO on the reward only, or with a fixed cost penalty (--reward-shaping ν: reward − ν·cost).
+    Ppo {
+        #[command(flatten)]
+        args: Box<safeloop_train::ppo::PpoArgs>,
+        #[arg(long)]
+        reward_shaping: Option<f64>,
+    },
     /// Evaluate a policy with the cost (and reward) model: harmful ratio, means, arena against a second policy, plots.
     Eval(Box<safeloop_train::evaluate::EvalArgs>),
     /// Rebuild a model from a base directory and an adapter written by --adapter-out.
@@ -130,6 +139,21 @@ fn run(cli: Cli) -> Result<()> {
             for line in safeloop_train::data_cmd::run(&cmd)? {
                 println!("{line}");
             }
+        }
+        Command::PpoLag(args) => {
+            let r = safeloop_train::ppo::run(&args, safeloop_train::ppo::Algorithm::PpoLag, None)?;
+            println!("{}", r.summary);
+        }
+        Command::Ppo {
+            args,
+            reward_shaping,
+        } => {
+            let r = safeloop_train::ppo::run(
+                &args,
+                safeloop_train::ppo::Algorithm::Ppo,
+                reward_shaping,
+            )?;
+            println!("{}", r.summary);
         }
         Command::Eval(args) => {
             let summary = safeloop_train::evaluate::run(&args)?;

@@ -45,7 +45,7 @@ impl Policy {
             .with_context(|| format!("loading policy {}", path.display()))?;
         Ok(Self::from_model(
             loaded.model,
-            loaded.tokenizer,
+            Arc::new(loaded.tokenizer),
             format,
             engine,
         ))
@@ -53,16 +53,21 @@ impl Policy {
 
     pub fn from_model(
         model: CausalLm,
-        tokenizer: Tokenizer,
+        tokenizer: Arc<Tokenizer>,
         format: PromptFormat,
         engine: EngineConfig,
     ) -> Self {
-        let tokenizer = Arc::new(tokenizer);
         Self {
             engine: Engine::new(model, tokenizer.clone(), engine),
             tokenizer,
             format,
         }
+    }
+
+    /// Swaps in new weights (the trainer's updated actor); the next `generate` samples from them.
+    pub fn replace_model(&mut self, model: CausalLm) {
+        let cfg = self.engine.config().clone();
+        self.engine = Engine::new(model, self.tokenizer.clone(), cfg);
     }
 
     pub fn encode_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {

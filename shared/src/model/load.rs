@@ -5,7 +5,7 @@ use super::{Attention, Backbone, Block, Mlp};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::rope::RopeTables;
-use crate::weights::{GgufWeights, SafetensorsWeights};
+use crate::weights::{GgufWeights, MemoryWeights, SafetensorsWeights};
 use candle_core::{DType, Device};
 
 /// Anything that hands out the model's tensors by HF name.
@@ -30,6 +30,42 @@ impl WeightSource for SafetensorsWeights {
     }
     fn describe(&self) -> String {
         "the safetensors files".to_string()
+    }
+    fn is_gguf(&self) -> bool {
+        false
+    }
+    fn is_dense(&self) -> bool {
+        true
+    }
+    fn device(&self) -> Device {
+        self.device.clone()
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let w = self.get(&format!("{prefix}.weight"), &[out, inp])?;
+        let b = if bias {
+            Some(self.get(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::dense(w, b)?)
+    }
+    fn vector(&self, name: &str, len: usize) -> Result<candle_core::Tensor> {
+        self.get(name, &[len])
+    }
+    fn embedding(&self, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+        Ok(Embedding::Dense(self.get(name, &[vocab, hidden])?))
+    }
+}
+
+impl WeightSource for MemoryWeights {
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    fn describe(&self) -> String {
+        "the in-memory weights".to_string()
     }
     fn is_gguf(&self) -> bool {
         false
