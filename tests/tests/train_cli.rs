@@ -311,3 +311,41 @@ fn convert_writes_an_hf_directory_for_the_default_gguf() {
     assert!(!ok && err.contains("missing.gguf"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn dpo_prefers_the_better_responses() {
+    let dir = tmp("dpo");
+    let rows = dir.join("hh.jsonl");
+    head(&data("hh_rlhf_dev.jsonl"), 8, &rows);
+    let (ok, stdout, err) = train(&[
+        "dpo",
+        "--model",
+        s(&golden_dir("llama-gqa")),
+        "--data",
+        s(&rows),
+        "--eval",
+        s(&rows),
+        "--out",
+        s(&dir.join("run")),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "1024",
+        "--warmup-ratio",
+        "0",
+    ]);
+    assert!(ok, "dpo failed: {err}");
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["pairs"], 8);
+    let evals = r["evaluations"].as_array().unwrap();
+    assert_eq!(evals.last().unwrap()["reward_accuracy"], 1.0, "{r}");
+    assert!(
+        evals.last().unwrap()["reward_margin"].as_f64().unwrap()
+            > evals[0]["reward_margin"].as_f64().unwrap()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

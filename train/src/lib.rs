@@ -6,6 +6,7 @@ pub mod convert;
 pub mod data;
 pub mod data_cmd;
 pub mod device;
+pub mod dpo;
 pub mod evaluate;
 pub mod losses;
 pub mod metrics;

@@ -55,6 +55,8 @@ enum Command {
         #[arg(long)]
         reward_shaping: Option<f64>,
     },
+    /// DPO on helpfulness pairs against a frozen reference (the spec's DPO baseline).
+    Dpo(Box<safeloop_train::dpo::DpoArgs>),
     /// Evaluate a policy with the cost (and reward) model: harmful ratio, means, arena against a second policy, plots.
     Eval(Box<safeloop_train::evaluate::EvalArgs>),
     /// Rebuild a model from a base directory and an adapter written by --adapter-out.
@@ -154,6 +156,10 @@ fn run(cli: Cli) -> Result<()> {
                 reward_shaping,
             )?;
             println!("{}", r.summary);
+        }
+        Command::Dpo(args) => {
+            let summary = safeloop_train::dpo::run(&args)?;
+            println!("{summary}");
         }
         Command::Eval(args) => {
             let summary = safeloop_train::evaluate::run(&args)?;

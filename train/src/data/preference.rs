@@ -209,3 +209,59 @@ fn load_file(kind: ScoreKind, file: &Path, enc: &Encoder, data: &mut ScoreData) 
     }
     Ok(())
 }
+
+/// A helpfulness pair as text (DPO trains on these in the policy's own format).
+#[derive(Debug, Clone)]
+pub struct TextPair {
+    pub messages: Vec<ChatMessage>,
+    pub better: String,
+    pub worse: String,
+}
+
+/// Helpfulness pairs from PKU-SafeRLHF rows with `better_response_id` and HH-RLHF pairs; identical pairs skipped.
+pub fn reward_text_pairs(files: &[PathBuf]) -> Result<Vec<TextPair>> {
+    let mut out = Vec::new();
+    for file in files {
+        let values = read_jsonl_values(file)?;
+        let Some(first) = values.first() else {
+            bail!("{}: empty file", file.display())
+        };
+        match detect_format(file, first)? {
+            Format::PkuSafeRlhf => {
+                for row in pku::read(file)? {
+                    let Some(b) = row.better_response_id else {
+                        continue;
+                    };
+                    let (better, worse) = if b == 0 {
+                        (row.response_0, row.response_1)
+                    } else {
+                        (row.response_1, row.response_0)
+                    };
+                    out.push(TextPair {
+                        messages: user(&row.prompt),
+                        better,
+                        worse,
+                    });
+                }
+            }
+            Format::HhRlhf => {
+                for p in hh::read(file)? {
+                    out.push(TextPair {
+                        messages: p.messages,
+                        better: p.chosen,
+                        worse: p.rejected,
+                    });
+                }
+            }
+            Format::Labelled => bail!(
+                "{}: single labelled responses carry no helpfulness preference",
+                file.display()
+            ),
+        }
+    }
+    out.retain(|p| p.better != p.worse);
+    if out.is_empty() {
+        bail!("no helpfulness pairs in {files:?}");
+    }
+    Ok(out)
+}
