@@ -349,3 +349,63 @@ fn dpo_prefers_the_better_responses() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn sweep_trains_shaping_and_ppo_lag_and_plots_them_together() {
+    let dir = tmp("sweep");
+    let (ok, stdout, err) = train(&[
+        "sweep",
+        "--actor",
+        s(&golden_dir("llama-gqa")),
+        "--reward-model",
+        "token-fraction:4:256:10",
+        "--cost-model",
+        "token-fraction:4:130:10:-2",
+        "--prompts",
+        s(&data("pku_saferlhf_train.jsonl")),
+        "--out",
+        s(&dir),
+        "--max-iterations",
+        "2",
+        "--prompt-batch-size",
+        "8",
+        "--max-new-tokens",
+        "6",
+        "--ignore-eos",
+        "--nus",
+        "0.5",
+        "5",
+        "--eval-limit",
+        "8",
+    ]);
+    assert!(ok, "sweep failed: {err}");
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let names: Vec<&str> = r["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "initial",
+            "reward shaping ν=0.5",
+            "reward shaping ν=5",
+            "PPO-Lag"
+        ]
+    );
+    for p in r["policies"].as_array().unwrap() {
+        assert!(
+            p["mean_reward"].as_f64().unwrap().is_finite()
+                && p["mean_cost"].as_f64().unwrap().is_finite()
+        );
+    }
+    assert!(dir.join("sweep.png").is_file() && dir.join("sweep.svg").is_file());
+    // Each run is an HF policy directory plus its metrics.
+    assert!(
+        dir.join("ppo-lag/policy/config.json").is_file()
+            && dir.join("shaping-5/metrics.jsonl").is_file()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

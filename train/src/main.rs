@@ -55,6 +55,8 @@ enum Command {
         #[arg(long)]
         reward_shaping: Option<f64>,
     },
+    /// Reward shaping over a list of ν and PPO-Lag on the same prompts and seeds; one (reward, cost) figure.
+    Sweep(Box<safeloop_train::ppo::sweep::SweepArgs>),
     /// DPO on helpfulness pairs against a frozen reference (the spec's DPO baseline).
     Dpo(Box<safeloop_train::dpo::DpoArgs>),
     /// Evaluate a policy with the cost (and reward) model: harmful ratio, means, arena against a second policy, plots.
@@ -156,6 +158,10 @@ fn run(cli: Cli) -> Result<()> {
                 reward_shaping,
             )?;
             println!("{}", r.summary);
+        }
+        Command::Sweep(args) => {
+            let summary = safeloop_train::ppo::sweep::sweep(&args)?;
+            println!("{summary}");
         }
         Command::Dpo(args) => {
             let summary = safeloop_train::dpo::run(&args)?;

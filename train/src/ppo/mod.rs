@@ -8,6 +8,7 @@
 
 pub mod experience;
 pub mod scorers;
+pub mod sweep;
 pub mod sync;
 
 use crate::data::prompts;
@@ -162,7 +163,7 @@ fn critic_init(explicit: &Option<PathBuf>, model_spec: Option<&str>, actor: &Pat
     })
 }
 
-fn load_prompts(files: &[PathBuf]) -> Result<Vec<Vec<ChatMessage>>> {
+pub(crate) fn load_prompts(files: &[PathBuf]) -> Result<Vec<Vec<ChatMessage>>> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for f in files {
