@@ -1,6 +1,7 @@
 //! safeloop-train: the trainer library behind the `safeloop-train` binary — the tch model (`model`), the Safe RLHF
 //! objectives (`losses`), datasets (`data`), optimisation (`optim`) and the commands built from them.
 
+pub mod bench;
 pub mod config_file;
 pub mod convert;
 pub mod data;

@@ -57,6 +57,8 @@ enum Command {
     },
     /// Reward shaping over a list of ν and PPO-Lag on the same prompts and seeds; one (reward, cost) figure.
     Sweep(Box<safeloop_train::ppo::sweep::SweepArgs>),
+    /// Time one PPO actor update (forward, loss, backward, AdamW) — compared with PyTorch by scripts/bench_train.sh.
+    BenchStep(safeloop_train::bench::BenchStepArgs),
     /// DPO on helpfulness pairs against a frozen reference (the spec's DPO baseline).
     Dpo(Box<safeloop_train::dpo::DpoArgs>),
     /// Evaluate a policy with the cost (and reward) model: harmful ratio, means, arena against a second policy, plots.
@@ -162,6 +164,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(args) => {
             let summary = safeloop_train::ppo::sweep::sweep(&args)?;
             println!("{summary}");
+        }
+        Command::BenchStep(args) => {
+            println!("{}", safeloop_train::bench::run(&args)?);
         }
         Command::Dpo(args) => {
             let summary = safeloop_train::dpo::run(&args)?;
