@@ -4,5 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --quiet -p safeloop-serve
-exec target/release/safeloop-serve "$@"
+cargo build --release --quiet -p safeloop-serve -p safeloop-train
+bash scripts/build_models.sh
+# The default configuration (config/serve.toml: the pinned SmolLM2 with the default cost model gating it) unless
+# the caller names a --config of their own.
+case " $* " in
+  *" --config "*) exec target/release/safeloop-serve "$@" ;;
+  *) exec target/release/safeloop-serve --config config/serve.toml "$@" ;;
+esac

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --workspace --bins
+bash scripts/build_models.sh
 cargo test --release --workspace "$@"

@@ -257,7 +257,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
                 "target_tokens": targets.sum(tch::Kind::Int64).int64_value(&[]), "step_s": t.elapsed().as_secs_f64()}))?;
             pb.set_message(format!("loss {last_loss:.4}"));
             pb.inc(1);
-            if args.save_every > 0 && global_step % args.save_every == 0 {
+            if args.save_every > 0 && global_step.is_multiple_of(args.save_every) {
                 save_ckpt(&model, &opt, global_step)?;
             }
         }

@@ -528,7 +528,7 @@ pub fn run(args: &PpoArgs, algo: Algorithm, reward_shaping: Option<f64>) -> Resu
             ));
             pb.set_position(global_step);
             history.push(rec);
-            if args.save_every > 0 && global_step % args.save_every == 0 {
+            if args.save_every > 0 && global_step.is_multiple_of(args.save_every) {
                 save_checkpoint(
                     &ckpt,
                     &actor,

@@ -293,7 +293,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
             }))?;
             pb.set_message(format!("loss {:.4}", b.loss));
             pb.inc(1);
-            if args.save_every > 0 && global_step % args.save_every == 0 {
+            if args.save_every > 0 && global_step.is_multiple_of(args.save_every) {
                 save_ckpt(&model, &opt, global_step)?;
             }
         }
