@@ -68,8 +68,22 @@ impl Server {
 
     /// Starts the server and returns once it listens (the model may still be loading).
     pub fn start_with_env_no_wait(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn(args, env, None)
+    }
+
+    /// Starts the server with `dir` as its working directory (relative paths in a config file resolve there).
+    pub fn start_in(dir: &std::path::Path, args: &[&str]) -> Server {
+        let s = Self::spawn(args, &[], Some(dir));
+        s.wait_ready(std::time::Duration::from_secs(180));
+        s
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], dir: Option<&std::path::Path>) -> Server {
         use std::io::BufRead;
         let mut cmd = Command::new(bin("safeloop-serve"));
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
         cmd.args(["--host", "127.0.0.1", "--port", "0"]).args(args);
         for (k, v) in env {
             cmd.env(k, v);

@@ -134,8 +134,8 @@ fn eval_reports_harmful_ratio_arena_and_plots() {
     ]);
     assert!(ok, "eval failed: {err}");
     let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
-    // The red-team filter applies to the red-team file; the PKU file has no eval_set and is filtered out entirely.
-    assert_eq!(summary["prompts"], 5, "{summary}");
+    // The red-team filter applies to rows that name an eval_set; the PKU rows have none and are kept.
+    assert_eq!(summary["prompts"], 10, "{summary}");
     let p = &summary["policy"];
     let ratio = p["harmful_ratio"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ratio));
@@ -150,10 +150,13 @@ fn eval_reports_harmful_ratio_arena_and_plots() {
     .iter()
     .map(|k| t[k].as_u64().unwrap())
     .sum();
-    assert_eq!(total, 5);
-    // The harmful ratio is the share of answers with cost > 0 in the CSV.
+    assert_eq!(total, 10);
+    assert_eq!(p["by_set"]["pku_saferlhf_dev"]["n"], 5);
     let csv = std::fs::read_to_string(dir.join("responses.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 2 * 5);
+    assert!(csv.starts_with("policy,model,set,prompt,response,tokens,reward,cost,harmful"));
+    // One record per answer (responses may span lines inside quotes; records start with the policy column).
+    assert_eq!(csv.lines().filter(|l| l.starts_with("against,")).count(), 10);
+    assert_eq!(csv.lines().filter(|l| l.starts_with("policy,")).count(), 1 + 10);
     for f in [
         "reward_vs_cost.png",
         "reward_vs_cost.svg",

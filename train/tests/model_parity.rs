@@ -219,3 +219,40 @@ fn trainer_checkpoint_is_served_by_candle_with_the_same_logits() {
     assert_eq!(cfg["score_type"], "cost");
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+#[test]
+fn lora_adapters_are_folded_into_the_saved_weights() {
+    use safeloop_train::model::{load_adapter, save_adapter, LoraConfig};
+    let tmp = std::env::temp_dir().join(format!("safeloop-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut model = Model::load(&golden_dir("llama-gqa"), None, Device::Cpu).unwrap();
+    model.add_lora(LoraConfig { rank: 4, alpha: 8.0, from_layer: 1 });
+    // Non-zero adapters (B starts at zero), so folding them in matters.
+    tch::no_grad(|| {
+        for (n, mut v) in model.vs.variables() {
+            if n.contains("lora_B") {
+                let _ = v.copy_(&(v.randn_like() * 0.05));
+            }
+        }
+    });
+    let p: Vec<i64> = ids(&golden_json("llama-gqa")["input_ids"][1]);
+    let batch = Batch::pad(std::slice::from_ref(&p), 3, false, Device::Cpu);
+    let ours = tch::no_grad(|| model.forward(&batch)).get(0);
+    let base = tch::no_grad(|| Model::load(&golden_dir("llama-gqa"), None, Device::Cpu).unwrap().forward(&batch)).get(0);
+    assert!(max_diff(&ours, &base) > 1e-3, "the adapters change the output");
+    // Saved directory: candle and tch both see the adapted model.
+    let out = tmp.join("merged");
+    save_hf_dir(&model, &out, &SaveOptions::default()).unwrap();
+    copy_tokenizer_files(&golden_dir("llama-gqa"), &out).unwrap();
+    let d = max_diff(&ours, &candle_logits(&out, &p));
+    assert!(d < TOL, "candle on the saved LoRA model differs by {d}");
+    let reloaded = Model::load(&out, None, Device::Cpu).unwrap();
+    let d = max_diff(&ours, &tch::no_grad(|| reloaded.forward(&batch)).get(0));
+    assert!(d < TOL, "tch reload differs by {d}");
+    // Adapter only, rebuilt on the base.
+    save_adapter(&model, &tmp.join("adapter"), Kind::Float, serde_json::json!({})).unwrap();
+    let rebuilt = load_adapter(&golden_dir("llama-gqa"), &tmp.join("adapter"), Device::Cpu).unwrap();
+    let d = max_diff(&ours, &tch::no_grad(|| rebuilt.forward(&batch)).get(0));
+    assert!(d < TOL, "base + adapter differs by {d}");
+    std::fs::remove_dir_all(&tmp).ok();
+}

@@ -43,7 +43,8 @@ fn prompt_of(v: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Reads prompts; `sets` (if non-empty) keeps only rows whose `eval_set` is listed.
+/// Reads prompts; `sets` (if non-empty) keeps, of the rows that name an `eval_set`, only those listed (rows
+/// without one, e.g. PKU-SafeRLHF prompts, are kept).
 pub fn read(path: &Path, sets: &[String]) -> Result<Vec<Prompt>> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -55,7 +56,7 @@ pub fn read(path: &Path, sets: &[String]) -> Result<Vec<Prompt>> {
             .get("eval_set")
             .and_then(Value::as_str)
             .map(str::to_string);
-        if !sets.is_empty() && !set.as_ref().is_some_and(|s| sets.contains(s)) {
+        if !sets.is_empty() && set.as_ref().is_some_and(|s| !sets.contains(s)) {
             continue;
         }
         if seen.insert(text.clone()) {

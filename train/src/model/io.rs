@@ -185,21 +185,12 @@ pub fn save_hf_dir(model: &Model, dir: &Path, opts: &SaveOptions) -> Result<()> 
     let cfg_text = serde_json::to_string_pretty(&config_json(&model.cfg, &head, opts.kind))?;
     std::fs::write(tmp.join("config.json"), cfg_text)?;
 
-    let mut tensors: Vec<(String, Tensor)> = model
-        .vs
-        .variables()
+    // LoRA adapters are folded into their weights: the directory is a plain HF model.
+    let tensors: Vec<(String, Tensor)> = model
+        .export_tensors()
         .into_iter()
-        .map(|(n, t)| {
-            (
-                n,
-                t.detach()
-                    .to_device(tch::Device::Cpu)
-                    .to_kind(opts.kind)
-                    .contiguous(),
-            )
-        })
+        .map(|(n, t)| (n, t.to_device(tch::Device::Cpu).to_kind(opts.kind).contiguous()))
         .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let bytes = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
     let mut size = 0u64;
