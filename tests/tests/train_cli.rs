@@ -155,8 +155,14 @@ fn eval_reports_harmful_ratio_arena_and_plots() {
     let csv = std::fs::read_to_string(dir.join("responses.csv")).unwrap();
     assert!(csv.starts_with("policy,model,set,prompt,response,tokens,reward,cost,harmful"));
     // One record per answer (responses may span lines inside quotes; records start with the policy column).
-    assert_eq!(csv.lines().filter(|l| l.starts_with("against,")).count(), 10);
-    assert_eq!(csv.lines().filter(|l| l.starts_with("policy,")).count(), 1 + 10);
+    assert_eq!(
+        csv.lines().filter(|l| l.starts_with("against,")).count(),
+        10
+    );
+    assert_eq!(
+        csv.lines().filter(|l| l.starts_with("policy,")).count(),
+        1 + 10
+    );
     for f in [
         "reward_vs_cost.png",
         "reward_vs_cost.svg",

@@ -226,7 +226,11 @@ fn lora_adapters_are_folded_into_the_saved_weights() {
     let tmp = std::env::temp_dir().join(format!("safeloop-lora-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let mut model = Model::load(&golden_dir("llama-gqa"), None, Device::Cpu).unwrap();
-    model.add_lora(LoraConfig { rank: 4, alpha: 8.0, from_layer: 1 });
+    model.add_lora(LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        from_layer: 1,
+    });
     // Non-zero adapters (B starts at zero), so folding them in matters.
     tch::no_grad(|| {
         for (n, mut v) in model.vs.variables() {
@@ -238,8 +242,16 @@ fn lora_adapters_are_folded_into_the_saved_weights() {
     let p: Vec<i64> = ids(&golden_json("llama-gqa")["input_ids"][1]);
     let batch = Batch::pad(std::slice::from_ref(&p), 3, false, Device::Cpu);
     let ours = tch::no_grad(|| model.forward(&batch)).get(0);
-    let base = tch::no_grad(|| Model::load(&golden_dir("llama-gqa"), None, Device::Cpu).unwrap().forward(&batch)).get(0);
-    assert!(max_diff(&ours, &base) > 1e-3, "the adapters change the output");
+    let base = tch::no_grad(|| {
+        Model::load(&golden_dir("llama-gqa"), None, Device::Cpu)
+            .unwrap()
+            .forward(&batch)
+    })
+    .get(0);
+    assert!(
+        max_diff(&ours, &base) > 1e-3,
+        "the adapters change the output"
+    );
     // Saved directory: candle and tch both see the adapted model.
     let out = tmp.join("merged");
     save_hf_dir(&model, &out, &SaveOptions::default()).unwrap();
@@ -250,8 +262,15 @@ fn lora_adapters_are_folded_into_the_saved_weights() {
     let d = max_diff(&ours, &tch::no_grad(|| reloaded.forward(&batch)).get(0));
     assert!(d < TOL, "tch reload differs by {d}");
     // Adapter only, rebuilt on the base.
-    save_adapter(&model, &tmp.join("adapter"), Kind::Float, serde_json::json!({})).unwrap();
-    let rebuilt = load_adapter(&golden_dir("llama-gqa"), &tmp.join("adapter"), Device::Cpu).unwrap();
+    save_adapter(
+        &model,
+        &tmp.join("adapter"),
+        Kind::Float,
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let rebuilt =
+        load_adapter(&golden_dir("llama-gqa"), &tmp.join("adapter"), Device::Cpu).unwrap();
     let d = max_diff(&ours, &tch::no_grad(|| rebuilt.forward(&batch)).get(0));
     assert!(d < TOL, "base + adapter differs by {d}");
     std::fs::remove_dir_all(&tmp).ok();

@@ -189,7 +189,14 @@ pub fn save_hf_dir(model: &Model, dir: &Path, opts: &SaveOptions) -> Result<()> 
     let tensors: Vec<(String, Tensor)> = model
         .export_tensors()
         .into_iter()
-        .map(|(n, t)| (n, t.to_device(tch::Device::Cpu).to_kind(opts.kind).contiguous()))
+        .map(|(n, t)| {
+            (
+                n,
+                t.to_device(tch::Device::Cpu)
+                    .to_kind(opts.kind)
+                    .contiguous(),
+            )
+        })
         .collect();
     let bytes = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
