@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release -p safeloop-train --quiet
 T=target/release/safeloop-train
-if ! .venv-bench/bin/python -c "import torch, safetensors" 2>/dev/null; then
+if ! .venv-bench/bin/python -c "import torch, safetensors.torch" 2>/dev/null; then
   python3 -m venv .venv-bench
-  .venv-bench/bin/pip install --quiet --disable-pip-version-check "torch==2.11.0" "safetensors==0.7.0" numpy
+  .venv-bench/bin/pip install --quiet --disable-pip-version-check "torch==2.11.0" "safetensors==0.7.0" packaging numpy
 fi
 [ -d assets/smollm2/hf-f32 ] || $T convert --out assets/smollm2/hf-f32 >/dev/null
 THREADS="${SAFELOOP_TRAIN_THREADS:-$(nproc)}"

@@ -418,3 +418,64 @@ fn sweep_trains_shaping_and_ppo_lag_and_plots_them_together() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn ppo_lag_resumes_from_its_checkpoint() {
+    let dir = tmp("ppo-resume");
+    let actor = golden_dir("llama-gqa");
+    let prompts = data("pku_saferlhf_train.jsonl");
+    let args = |iters: &'static str| -> Vec<String> {
+        [
+            "ppo-lag",
+            "--actor",
+            s(&actor),
+            "--reward-model",
+            "token-fraction:4:256:10",
+            "--cost-model",
+            "token-fraction:4:130:10:-2",
+            "--prompts",
+            s(&prompts),
+            "--out",
+            s(&dir),
+            "--max-iterations",
+            iters,
+            "--prompt-batch-size",
+            "8",
+            "--max-new-tokens",
+            "6",
+            "--ignore-eos",
+            "--save-every",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let a = args("2");
+    let (ok, _, err) = train(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    let mut b = args("4");
+    b.push("--resume".into());
+    let (ok, stdout, err) = train(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("resuming from") && err.contains("at step 2"),
+        "{err}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(stdout.trim()).unwrap()["steps"],
+        4
+    );
+    let recs: Vec<Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = recs.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3, 4]);
+    // λ continues from the checkpoint instead of restarting at λ_init.
+    let l2 = recs[1]["lambda"].as_f64().unwrap();
+    let l3 = recs[2]["lambda"].as_f64().unwrap();
+    assert!((l3 / l2).ln().abs() < 0.5, "λ {l2} → {l3}");
+    std::fs::remove_dir_all(&dir).ok();
+}

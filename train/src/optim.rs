@@ -112,11 +112,7 @@ impl AdamW {
         for s in &self.slots {
             let g = s.param.grad();
             if g.defined() {
-                total += g
-                    .to_kind(Kind::Double)
-                    .square()
-                    .sum(Kind::Double)
-                    .double_value(&[]);
+                total += g.norm().double_value(&[]).powi(2);
             }
         }
         let norm = total.sqrt();
@@ -149,13 +145,22 @@ impl AdamW {
             if s.decay && self.weight_decay > 0.0 {
                 let _ = s.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
             }
-            let _ = s.m.g_mul_scalar_(b1);
-            let _ = s.m.g_add_(&(&g * (1.0 - b1)));
-            let _ = s.v.g_mul_scalar_(b2);
-            let _ = s.v.g_add_(&(g.square() * (1.0 - b2)));
-            let denom = (&s.v / bc2).sqrt() + self.eps;
-            let update = (&s.m / bc1) / denom * lr;
-            let _ = s.param.g_sub_(&update.to_kind(s.param.kind()));
+            // In place, two temporaries per parameter (g², the denominator), as torch's AdamW does it:
+            // m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;  p ← p − lr/bc1 · m / (√v/√bc2 + ε).
+            let _ = s.m.lerp_(&g, 1.0 - b1);
+            let _ = s.v.lerp_(&g.square(), 1.0 - b2);
+            if lr == 0.0 {
+                continue; // warm-up step 0: moments only
+            }
+            let mut denom = s.v.sqrt();
+            let _ = denom.g_div_scalar_(bc2.sqrt());
+            let _ = denom.g_add_scalar_(self.eps);
+            let _ = denom.g_div_scalar_(-lr / bc1);
+            if s.param.kind() == Kind::Float {
+                let _ = s.param.addcdiv_(&s.m, &denom);
+            } else {
+                let _ = s.param.g_add_(&(&s.m / &denom).to_kind(s.param.kind()));
+            }
         }
     }
 

@@ -177,7 +177,14 @@ impl Attention {
         }
     }
 
-    pub fn forward(&self, x: &Tensor, (cos, sin): &(Tensor, Tensor), mask: &Tensor) -> Tensor {
+    /// `mask`: the additive `[B, 1, L, L]` mask, or `None` for an unpadded batch (plain causal attention, which
+    /// lets libtorch pick its fused kernels).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        (cos, sin): &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+    ) -> Tensor {
         let (b, l) = (x.size()[0], x.size()[1]);
         let q = self
             .q
@@ -210,9 +217,9 @@ impl Attention {
             &q,
             &k,
             &v,
-            Some(mask.to_kind(q.kind())),
+            mask.map(|m| m.to_kind(q.kind())),
             0.0,
-            false,
+            mask.is_none(),
             None::<f64>,
             false,
         );

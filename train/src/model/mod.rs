@@ -49,7 +49,7 @@ impl DecoderLayer {
         }
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>) -> Tensor {
         let h = x + self.attn.forward(&self.input_norm.forward(x), rope, mask);
         let out = self.mlp.forward(&self.post_norm.forward(&h));
         h + out
@@ -341,7 +341,9 @@ impl Model {
     /// Final hidden states with explicit positions.
     pub fn hidden_at(&self, ids: &Tensor, mask: &Tensor, positions: &Tensor) -> Tensor {
         let rope = rope_cos_sin(&self.inv_freq, positions);
-        let attn_mask = layers::attention_mask(mask);
+        // Padded batches need the explicit mask; unpadded ones run plain causal attention.
+        let padded = mask.min().int64_value(&[]) == 0;
+        let attn_mask = padded.then(|| layers::attention_mask(mask));
         let mut x = {
             let _g = (self.frozen_layers > 0).then(tch::no_grad_guard);
             self.embed.forward(ids)
@@ -349,9 +351,9 @@ impl Model {
         for (i, layer) in self.layers.iter().enumerate() {
             if i < self.frozen_layers {
                 let _g = tch::no_grad_guard();
-                x = layer.forward(&x, &rope, &attn_mask);
+                x = layer.forward(&x, &rope, attn_mask.as_ref());
             } else {
-                x = layer.forward(&x, &rope, &attn_mask);
+                x = layer.forward(&x, &rope, attn_mask.as_ref());
             }
         }
         self.norm.forward(&x)
