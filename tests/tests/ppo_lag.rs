@@ -2,9 +2,10 @@
 //!
 //! Synthetic conflict: the reward is 10 × the share of response tokens with id in [4, 256); the cost is
 //! 10 × the share with id in [4, 130) − 2 (threshold 0). Raising the reward the easy way (any id below 256) also
-//! raises the cost; the constrained optimum uses ids 130–255. Measured (2 cores, these settings, 40 iterations):
-//! PPO-Lag seeds 1/2 end at cost −1.85/−1.98 with reward 9.7/9.9 (from 4.8), λ peaking at 1.85/1.46 and ending at
-//! 0.33/0.25; plain PPO reaches reward 9.6 with cost +5.1. The assertions keep wide margins around those.
+//! raises the cost; the constrained optimum uses ids 130–255. Measured (these settings, 40 iterations, means of
+//! the first vs last 5): PPO-Lag seeds 1/2 reward 4.9 → 9.8/10.0, cost +0.38/+0.30 → −1.93/−1.99, λ peaking
+//! mid-run (~1.5–1.9) and ending near 0.3; plain PPO reward 4.9 → 9.9 with cost +0.35 → +7.6. The assertions keep
+//! wide margins around those.
 
 use safeloop_tests::{bin, golden_dir};
 use serde_json::Value;
