@@ -163,3 +163,46 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A file of `../shared/data` (real preference data; tests may read it, the product does not).
+pub fn data_file(name: &str) -> PathBuf {
+    golden_dir("..").join("data").join(name)
+}
+
+/// A fresh, empty temporary directory unique to this test process.
+pub fn fresh_tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("safeloop-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `safeloop-train` with one libtorch thread (tiny models: fastest, and parallel tests don't oversubscribe
+/// the cores); returns (success, stdout, stderr).
+pub fn run_train(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("safeloop-train"))
+        .args(args)
+        .env("SAFELOOP_TRAIN_THREADS", "1")
+        .output()
+        .expect("run safeloop-train");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Writes the first `n` lines of a JSONL file into `dst`.
+pub fn jsonl_head(src: &std::path::Path, n: usize, dst: &std::path::Path) {
+    let text = std::fs::read_to_string(src).unwrap();
+    std::fs::write(
+        dst,
+        text.lines().take(n).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+}

@@ -1,46 +1,11 @@
 //! `safeloop-train sft`, `eval`, `data` and `convert` through their command lines (tiny golden models).
 
-use safeloop_tests::{bin, golden_dir, Server};
+use safeloop_tests::{
+    bin, data_file as data, fresh_tmp as tmp, golden_dir, jsonl_head as head, path_str as s,
+    run_train as train, Server,
+};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn data(name: &str) -> PathBuf {
-    golden_dir("..").join("data").join(name)
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("safeloop-cli-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn train(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("safeloop-train"))
-        .args(args)
-        .env("SAFELOOP_TRAIN_THREADS", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn head(src: &Path, n: usize, dst: &Path) {
-    let text = std::fs::read_to_string(src).unwrap();
-    std::fs::write(
-        dst,
-        text.lines().take(n).collect::<Vec<_>>().join("\n") + "\n",
-    )
-    .unwrap();
-}
 
 #[test]
 fn sft_learns_the_assistant_turns_and_writes_a_servable_policy() {

@@ -1,48 +1,11 @@
 //! `safeloop-train train-score` / `eval-score` / `merge` through the command line, on the tiny golden model.
 
-use safeloop_tests::{bin, golden_dir};
+use safeloop_tests::{
+    data_file as data, fresh_tmp as tmp, golden_dir, jsonl_head as head, path_str as s,
+    run_train as run,
+};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn data(name: &str) -> PathBuf {
-    golden_dir("..").join("data").join(name)
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("safeloop-ts-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    // Tiny models: one libtorch thread is fastest and keeps parallel tests from oversubscribing the cores.
-    let out = Command::new(bin("safeloop-train"))
-        .args(args)
-        .env("SAFELOOP_TRAIN_THREADS", "1")
-        .output()
-        .expect("run safeloop-train");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The first `n` lines of a JSONL file into a new file.
-fn head(src: &Path, n: usize, dst: &Path) {
-    let text = std::fs::read_to_string(src).unwrap();
-    std::fs::write(
-        dst,
-        text.lines().take(n).collect::<Vec<_>>().join("\n") + "\n",
-    )
-    .unwrap();
-}
+use std::path::Path;
 
 fn eval_line(model: &Path, file: &Path, max_len: &str) -> Value {
     // Evaluate on the same truncation the model was trained with.

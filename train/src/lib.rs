@@ -2,6 +2,7 @@
 //! objectives (`losses`), datasets (`data`), optimisation (`optim`) and the commands built from them.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod config_file;
 pub mod convert;
 pub mod data;

@@ -7,8 +7,8 @@ use crate::data::sft as sft_data;
 use crate::losses::sft::causal_lm_loss;
 use crate::metrics::{progress, MetricsLog};
 use crate::model::{
-    copy_tokenizer_files, gather_logprobs, load_adapter, save_adapter, save_hf_dir, Batch,
-    HeadKind, LoraConfig, Model, SaveOptions,
+    copy_tokenizer_files, gather_logprobs, load_adapter, save_hf_dir, Batch, HeadKind, LoraConfig,
+    Model, SaveOptions,
 };
 use crate::optim::{AdamW, LrSchedule, Schedule};
 use crate::rollout::PromptFormat;
@@ -195,13 +195,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
     );
     let mut global_step = 0u64;
     if resuming {
-        opt.load(&ckpt.join("optimizer.safetensors"))?;
-        let state: Value =
-            serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json"))?)?;
-        global_step = state["global_step"]
-            .as_u64()
-            .context("checkpoint state.json: global_step")?;
-        eprintln!("resuming from {} at step {global_step}", ckpt.display());
+        global_step = crate::checkpoint::resume(&ckpt, &mut opt)?;
     }
     let mut log = MetricsLog::open(
         &args
@@ -210,17 +204,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
             .unwrap_or_else(|| args.out.join("metrics.jsonl")),
     )?;
     let save_ckpt = |model: &Model, opt: &AdamW, step: u64| -> Result<()> {
-        let tmp = ckpt.with_extension("partial");
-        std::fs::remove_dir_all(&tmp).ok();
-        save_adapter(model, &tmp, tch::Kind::Float, json!({}))?;
-        opt.save(&tmp.join("optimizer.safetensors"))?;
-        std::fs::write(
-            tmp.join("state.json"),
-            serde_json::to_string_pretty(&json!({"global_step": step, "args": args}))?,
-        )?;
-        std::fs::remove_dir_all(&ckpt).ok();
-        std::fs::rename(&tmp, &ckpt).with_context(|| format!("writing {}", ckpt.display()))?;
-        Ok(())
+        crate::checkpoint::save(&ckpt, model, opt, step, args, json!({}))
     };
     let mut last_loss = f64::NAN;
     'epochs: for epoch in 0..args.epochs {

@@ -442,42 +442,35 @@ pub fn run(args: &PpoArgs, algo: Algorithm, reward_shaping: Option<f64>) -> Resu
                 actor_opt.step(actor_lr);
                 // Critics, each with its own step.
                 let critic_lr = critic_sched.at(global_step);
-                let rc_loss = {
-                    rc_opt.zero_grad();
-                    let v = experience::values(&reward_critic, &exp.batch);
-                    let l = critic_loss(
-                        &exp.tail(&v),
-                        &exp.tail(&exp.reward_values),
-                        &exp.reward_returns,
-                        &m,
-                        args.clip_range_value,
-                    );
-                    l.backward();
-                    rc_opt.clip_grad_norm(args.max_grad_norm);
-                    rc_opt.step(critic_lr);
-                    l.double_value(&[])
-                };
+                let step_critic =
+                    |critic: &Model, opt: &mut AdamW, old: &tch::Tensor, returns: &tch::Tensor| {
+                        opt.zero_grad();
+                        let v = experience::values(critic, &exp.batch);
+                        let l = critic_loss(
+                            &exp.tail(&v),
+                            &exp.tail(old),
+                            returns,
+                            &m,
+                            args.clip_range_value,
+                        );
+                        l.backward();
+                        opt.clip_grad_norm(args.max_grad_norm);
+                        opt.step(critic_lr);
+                        l.double_value(&[])
+                    };
+                let rc_loss = step_critic(
+                    &reward_critic,
+                    &mut rc_opt,
+                    &exp.reward_values,
+                    &exp.reward_returns,
+                );
                 let cc_loss = match (
                     &cost_critic,
                     &mut cc_opt,
                     &exp.cost_values,
                     &exp.cost_returns,
                 ) {
-                    (Some(c), Some(o), Some(old), Some(ret)) => {
-                        o.zero_grad();
-                        let v = experience::values(c, &exp.batch);
-                        let l = critic_loss(
-                            &exp.tail(&v),
-                            &exp.tail(old),
-                            ret,
-                            &m,
-                            args.clip_range_value,
-                        );
-                        l.backward();
-                        o.clip_grad_norm(args.max_grad_norm);
-                        o.step(critic_lr);
-                        Some(l.double_value(&[]))
-                    }
+                    (Some(c), Some(o), Some(old), Some(ret)) => Some(step_critic(c, o, old, ret)),
                     _ => None,
                 };
                 global_step += 1;

@@ -31,10 +31,9 @@ pub fn evaluate_policy(
     path: &Path,
     prompts: &[Vec<ChatMessage>],
     args: &PpoArgs,
+    reward: &dyn scorers::EpisodeScorer,
+    cost: &dyn scorers::EpisodeScorer,
 ) -> Result<(f64, f64)> {
-    let score_format = crate::score::train::parse_score_format(&args.score_format)?;
-    let reward = scorers::load(&args.reward_model, score_format)?;
-    let cost = scorers::load(args.cost_model.as_deref().unwrap_or_default(), score_format)?;
     let mut policy = Policy::load(path, args.prompt_format, EngineConfig::default())?;
     let params = SamplingParams {
         temperature: args.temperature,
@@ -83,10 +82,23 @@ pub fn sweep(args: &SweepArgs) -> Result<Value> {
         None,
     ));
 
+    // The scorers are loaded once and judge every policy.
+    let score_format = crate::score::train::parse_score_format(&args.ppo.score_format)?;
+    let reward_scorer = scorers::load(&args.ppo.reward_model, score_format)?;
+    let cost_scorer = scorers::load(
+        args.ppo.cost_model.as_deref().unwrap_or_default(),
+        score_format,
+    )?;
     let mut table = Vec::new();
     let mut series = Vec::new();
     for (name, path, nu) in &runs {
-        let (reward, cost) = evaluate_policy(path, &prompts, &args.ppo)?;
+        let (reward, cost) = evaluate_policy(
+            path,
+            &prompts,
+            &args.ppo,
+            reward_scorer.as_ref(),
+            cost_scorer.as_ref(),
+        )?;
         eprintln!("{name}: reward {reward:.3}, cost {cost:.3}");
         table.push(json!({"policy": name, "path": path.display().to_string(), "nu": nu, "mean_reward": reward, "mean_cost": cost}));
         series.push(Series {

@@ -15,7 +15,7 @@ use crate::model::{
     SaveOptions,
 };
 use crate::optim::{AdamW, LrSchedule, Schedule};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use safeloop_shared::config::{generation_eos_ids, ModelConfig};
 use safeloop_shared::scoring::ScoreFormat;
 use safeloop_shared::Tokenizer;
@@ -225,13 +225,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     let sched = LrSchedule::new(args.lr, args.lr_scheduler, args.warmup_ratio, total_steps);
     let mut global_step = 0u64;
     if resuming {
-        opt.load(&ckpt.join("optimizer.safetensors"))?;
-        let state: Value =
-            serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json"))?)?;
-        global_step = state["global_step"]
-            .as_u64()
-            .context("checkpoint state.json: global_step")?;
-        eprintln!("resuming from {} at step {global_step}", ckpt.display());
+        global_step = crate::checkpoint::resume(&ckpt, &mut opt)?;
     }
     let mut log = MetricsLog::open(
         &args
@@ -241,22 +235,14 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     )?;
     let mut evaluations = Vec::new();
     let save_ckpt = |model: &Model, opt: &AdamW, step: u64| -> Result<()> {
-        let tmp = ckpt.with_extension("partial");
-        std::fs::remove_dir_all(&tmp).ok();
-        save_adapter(
+        crate::checkpoint::save(
+            &ckpt,
             model,
-            &tmp,
-            tch::Kind::Float,
+            opt,
+            step,
+            args,
             json!({"score_type": args.kind.name()}),
-        )?;
-        opt.save(&tmp.join("optimizer.safetensors"))?;
-        std::fs::write(
-            tmp.join("state.json"),
-            serde_json::to_string_pretty(&json!({"global_step": step, "args": args}))?,
-        )?;
-        std::fs::remove_dir_all(&ckpt).ok();
-        std::fs::rename(&tmp, &ckpt).with_context(|| format!("writing {}", ckpt.display()))?;
-        Ok(())
+        )
     };
 
     'epochs: for epoch in 0..args.epochs {
