@@ -111,8 +111,8 @@ pub struct PpoArgs {
     pub gamma: f64,
     #[arg(long, default_value_t = 0.95)]
     pub gae_lambda: f64,
-    /// Cost threshold d (E[C] ≤ threshold; paper rounds 2–3: −3).
-    #[arg(long, default_value_t = 0.0)]
+    /// Cost threshold d (E[C] ≤ threshold; paper rounds 2–3: −3). Negative values need no `=`.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub threshold: f64,
     #[arg(long, default_value_t = 1.0)]
     pub lambda_init: f64,
