@@ -6,11 +6,12 @@ use crate::data::preference::{reward_text_pairs, TextPair};
 use crate::losses::dpo::dpo_loss;
 use crate::metrics::{progress, MetricsLog};
 use crate::model::{
-    copy_tokenizer_files, gather_logprobs, save_hf_dir, HeadKind, LoraConfig, Model, SaveOptions,
+    copy_tokenizer_files, gather_logprobs, save_hf_dir, HeadKind, Model, SaveOptions,
 };
 use crate::optim::{AdamW, LrSchedule, Schedule};
 use crate::rollout::PromptFormat;
 use crate::sft::{collate, tokenize, SftExample};
+use crate::trainable::TrainableArgs;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -53,14 +54,9 @@ pub struct DpoArgs {
     pub template: PromptFormat,
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 0)]
-    pub freeze_layers: usize,
-    #[arg(long, default_value_t = 0)]
-    pub lora_rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    pub lora_alpha: f64,
-    #[arg(long, default_value_t = 0)]
-    pub lora_from_layer: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub trainable: TrainableArgs,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -156,15 +152,7 @@ pub fn run(args: &DpoArgs) -> Result<Value> {
     }
     let mut policy = Model::load(&args.model, Some(HeadKind::Lm), device)?;
     let reference = Model::load(&args.model, Some(HeadKind::Lm), device)?;
-    if args.lora_rank > 0 {
-        policy.add_lora(LoraConfig {
-            rank: args.lora_rank,
-            alpha: args.lora_alpha,
-            from_layer: args.lora_from_layer,
-        });
-    } else if args.freeze_layers > 0 {
-        policy.freeze_lower_layers(args.freeze_layers);
-    }
+    args.trainable.apply(&mut policy, false);
     let mut opt = AdamW::new(policy.trainable(), args.weight_decay);
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
     let sched = LrSchedule::new(

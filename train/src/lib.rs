@@ -19,3 +19,4 @@ pub mod ppo;
 pub mod rollout;
 pub mod score;
 pub mod sft;
+pub mod trainable;

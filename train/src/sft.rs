@@ -7,11 +7,12 @@ use crate::data::sft as sft_data;
 use crate::losses::sft::causal_lm_loss;
 use crate::metrics::{progress, MetricsLog};
 use crate::model::{
-    copy_tokenizer_files, gather_logprobs, load_adapter, save_hf_dir, Batch, HeadKind, LoraConfig,
-    Model, SaveOptions,
+    copy_tokenizer_files, gather_logprobs, load_adapter, save_hf_dir, Batch, HeadKind, Model,
+    SaveOptions,
 };
 use crate::optim::{AdamW, LrSchedule, Schedule};
 use crate::rollout::PromptFormat;
+use crate::trainable::TrainableArgs;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -50,14 +51,9 @@ pub struct SftArgs {
     pub max_length: usize,
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 0)]
-    pub freeze_layers: usize,
-    #[arg(long, default_value_t = 0)]
-    pub lora_rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    pub lora_alpha: f64,
-    #[arg(long, default_value_t = 0)]
-    pub lora_from_layer: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub trainable: TrainableArgs,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -174,17 +170,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
     } else {
         Model::load(&args.model, Some(HeadKind::Lm), device)?
     };
-    if model.lora.is_none() {
-        if args.lora_rank > 0 {
-            model.add_lora(LoraConfig {
-                rank: args.lora_rank,
-                alpha: args.lora_alpha,
-                from_layer: args.lora_from_layer,
-            });
-        } else if args.freeze_layers > 0 {
-            model.freeze_lower_layers(args.freeze_layers);
-        }
-    }
+    args.trainable.apply(&mut model, false);
     let mut opt = AdamW::new(model.trainable(), args.weight_decay);
     let steps_per_epoch = examples.len().div_ceil(args.batch_size) as u64;
     let sched = LrSchedule::new(

@@ -11,10 +11,10 @@ use crate::data::preference::{self, Encoder, ScoreData, ScoreKind};
 use crate::losses::preference::LossType;
 use crate::metrics::{progress, MetricsLog};
 use crate::model::{
-    copy_tokenizer_files, load_adapter, save_adapter, save_hf_dir, HeadKind, LoraConfig, Model,
-    SaveOptions,
+    copy_tokenizer_files, load_adapter, save_adapter, save_hf_dir, HeadKind, Model, SaveOptions,
 };
 use crate::optim::{AdamW, LrSchedule, Schedule};
+use crate::trainable::TrainableArgs;
 use anyhow::{bail, Result};
 use safeloop_shared::config::{generation_eos_ids, ModelConfig};
 use safeloop_shared::scoring::ScoreFormat;
@@ -64,20 +64,12 @@ pub struct TrainScoreArgs {
     pub max_length: usize,
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
-    /// Freeze the embedding and the lower N decoder layers.
-    #[arg(long, default_value_t = 0)]
-    pub freeze_layers: usize,
     /// Train only the score head.
     #[arg(long)]
     pub head_only: bool,
-    /// LoRA rank (0 = no LoRA). With LoRA the base weights are frozen.
-    #[arg(long, default_value_t = 0)]
-    pub lora_rank: usize,
-    #[arg(long, default_value_t = 16.0)]
-    pub lora_alpha: f64,
-    /// First layer that gets LoRA adapters (lower layers run frozen, without autograd).
-    #[arg(long, default_value_t = 0)]
-    pub lora_from_layer: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub trainable: TrainableArgs,
     /// Input format the model scores: `safe-rlhf` (default; what the server uses) or `chat-template`.
     #[arg(long, default_value = "safe-rlhf")]
     pub score_format: String,
@@ -199,19 +191,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
         *score_type = Some(args.kind.name().to_string());
     }
     // A resumed LoRA run comes back from its checkpoint with its adapters (and its base frozen).
-    if model.lora.is_none() {
-        if args.lora_rank > 0 {
-            model.add_lora(LoraConfig {
-                rank: args.lora_rank,
-                alpha: args.lora_alpha,
-                from_layer: args.lora_from_layer,
-            });
-        } else if args.head_only {
-            model.freeze_all_but_head();
-        } else if args.freeze_layers > 0 {
-            model.freeze_lower_layers(args.freeze_layers);
-        }
-    }
+    args.trainable.apply(&mut model, args.head_only);
     let trainable = model.trainable();
     let n_params: i64 = trainable.iter().map(|(_, t)| t.numel() as i64).sum();
     eprintln!(
