@@ -8,8 +8,9 @@ use crate::metrics::{progress, MetricsLog};
 use crate::model::{
     copy_tokenizer_files, gather_logprobs, save_hf_dir, HeadKind, Model, SaveOptions,
 };
-use crate::optim::{AdamW, LrSchedule, Schedule};
+use crate::optim::{AdamW, LrSchedule};
 use crate::rollout::PromptFormat;
+use crate::run_args::RunArgs;
 use crate::sft::{collate, tokenize, SftExample};
 use crate::trainable::TrainableArgs;
 use anyhow::{bail, Result};
@@ -42,31 +43,18 @@ pub struct DpoArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-6)]
     pub lr: f64,
-    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
-    pub lr_scheduler: Schedule,
-    #[arg(long, default_value_t = 0.03)]
-    pub warmup_ratio: f64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
     #[arg(long, value_enum, default_value_t = PromptFormat::ChatTemplate)]
     pub template: PromptFormat,
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
     #[command(flatten)]
     #[serde(flatten)]
     pub trainable: TrainableArgs,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long, default_value = "f32")]
-    pub save_dtype: String,
-    #[arg(long)]
-    pub metrics: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    pub max_steps: u64,
 }
 
 fn encode(
@@ -121,11 +109,11 @@ fn batch(
 
 pub fn run(args: &DpoArgs) -> Result<Value> {
     let started = Instant::now();
-    let device = crate::device::parse_device(&args.device)?;
+    let device = crate::device::parse_device(&args.run.device)?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    tch::manual_seed(args.seed as i64);
+    tch::manual_seed(args.run.seed as i64);
     let (tok, pad) = crate::score::train::load_tokenizer(&args.model)?;
     // Pairs whose responses fall entirely past --max-length carry no signal and are left out (counted).
     let mut truncated = 0usize;
@@ -157,12 +145,13 @@ pub fn run(args: &DpoArgs) -> Result<Value> {
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
     let sched = LrSchedule::new(
         args.lr,
-        args.lr_scheduler,
-        args.warmup_ratio,
+        args.run.lr_scheduler,
+        args.run.warmup_ratio,
         steps_per_epoch * args.epochs as u64,
     );
     let mut log = MetricsLog::open(
         &args
+            .run
             .metrics
             .clone()
             .unwrap_or_else(|| args.out.join("metrics.jsonl")),
@@ -172,21 +161,21 @@ pub fn run(args: &DpoArgs) -> Result<Value> {
     'epochs: for epoch in 0..args.epochs {
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-            args.seed + epoch as u64,
+            args.run.seed + epoch as u64,
         ));
         let pb = progress(
             steps_per_epoch,
             &format!("dpo epoch {}/{}", epoch + 1, args.epochs),
         );
         for chunk in order.chunks(args.batch_size) {
-            if args.max_steps > 0 && step >= args.max_steps {
+            if args.run.max_steps > 0 && step >= args.run.max_steps {
                 break 'epochs;
             }
             let pairs: Vec<&(SftExample, SftExample)> = chunk.iter().map(|&i| &train[i]).collect();
             opt.zero_grad();
             let (loss, rw, rl) = batch(&policy, &reference, &pairs, pad, args.beta);
             loss.backward();
-            opt.clip_grad_norm(args.max_grad_norm);
+            opt.clip_grad_norm(args.run.max_grad_norm);
             let lr = sched.at(step);
             opt.step(lr);
             step += 1;
@@ -227,7 +216,7 @@ pub fn run(args: &DpoArgs) -> Result<Value> {
         &policy,
         &dir,
         &SaveOptions {
-            kind: crate::device::parse_kind(&args.save_dtype)?,
+            kind: crate::device::parse_kind(&args.run.save_dtype)?,
             ..Default::default()
         },
     )?;

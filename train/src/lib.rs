@@ -17,6 +17,7 @@ pub mod optim;
 pub mod plots;
 pub mod ppo;
 pub mod rollout;
+pub mod run_args;
 pub mod score;
 pub mod sft;
 pub mod trainable;

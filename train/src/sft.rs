@@ -10,8 +10,9 @@ use crate::model::{
     copy_tokenizer_files, gather_logprobs, load_adapter, save_hf_dir, Batch, HeadKind, Model,
     SaveOptions,
 };
-use crate::optim::{AdamW, LrSchedule, Schedule};
+use crate::optim::{AdamW, LrSchedule};
 use crate::rollout::PromptFormat;
+use crate::run_args::RunArgs;
 use crate::trainable::TrainableArgs;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -41,33 +42,20 @@ pub struct SftArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 2e-5)]
     pub lr: f64,
-    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
-    pub lr_scheduler: Schedule,
-    #[arg(long, default_value_t = 0.03)]
-    pub warmup_ratio: f64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
     #[command(flatten)]
     #[serde(flatten)]
     pub trainable: TrainableArgs,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long, default_value = "f32")]
-    pub save_dtype: String,
     #[arg(long, default_value_t = 0)]
     pub save_every: u64,
     #[arg(long)]
     pub resume: bool,
-    #[arg(long)]
-    pub metrics: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    pub max_steps: u64,
 }
 
 /// A tokenised conversation: ids and, per position, whether the token is a target.
@@ -137,12 +125,12 @@ pub fn collate(examples: &[&SftExample], pad: i64, device: tch::Device) -> (Batc
 
 pub fn run(args: &SftArgs) -> Result<Value> {
     let started = Instant::now();
-    let device = crate::device::parse_device(&args.device)?;
-    let save_kind = crate::device::parse_kind(&args.save_dtype)?;
+    let device = crate::device::parse_device(&args.run.device)?;
+    let save_kind = crate::device::parse_kind(&args.run.save_dtype)?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    tch::manual_seed(args.seed as i64);
+    tch::manual_seed(args.run.seed as i64);
     let (tok, pad) = crate::score::train::load_tokenizer(&args.model)?;
     if args.template == PromptFormat::ChatTemplate && tok.chat_template().is_none() {
         bail!(
@@ -175,8 +163,8 @@ pub fn run(args: &SftArgs) -> Result<Value> {
     let steps_per_epoch = examples.len().div_ceil(args.batch_size) as u64;
     let sched = LrSchedule::new(
         args.lr,
-        args.lr_scheduler,
-        args.warmup_ratio,
+        args.run.lr_scheduler,
+        args.run.warmup_ratio,
         steps_per_epoch * args.epochs as u64,
     );
     let mut global_step = 0u64;
@@ -185,6 +173,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
     }
     let mut log = MetricsLog::open(
         &args
+            .run
             .metrics
             .clone()
             .unwrap_or_else(|| args.out.join("metrics.jsonl")),
@@ -196,7 +185,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
     'epochs: for epoch in 0..args.epochs {
         let mut order: Vec<usize> = (0..examples.len()).collect();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-            args.seed + epoch as u64,
+            args.run.seed + epoch as u64,
         ));
         let pb = progress(
             steps_per_epoch,
@@ -208,7 +197,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
                 pb.inc(1);
                 continue;
             }
-            if args.max_steps > 0 && global_step >= args.max_steps {
+            if args.run.max_steps > 0 && global_step >= args.run.max_steps {
                 break 'epochs;
             }
             let t = Instant::now();
@@ -218,7 +207,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
             let logits = crate::device::autocast(device, || model.forward(&b));
             let loss = causal_lm_loss(&gather_logprobs(&logits, &b.ids), &targets);
             loss.backward();
-            let grad_norm = opt.clip_grad_norm(args.max_grad_norm);
+            let grad_norm = opt.clip_grad_norm(args.run.max_grad_norm);
             let lr = sched.at(global_step);
             opt.step(lr);
             global_step += 1;

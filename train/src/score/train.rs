@@ -13,7 +13,8 @@ use crate::metrics::{progress, MetricsLog};
 use crate::model::{
     copy_tokenizer_files, load_adapter, save_adapter, save_hf_dir, HeadKind, Model, SaveOptions,
 };
-use crate::optim::{AdamW, LrSchedule, Schedule};
+use crate::optim::{AdamW, LrSchedule};
+use crate::run_args::RunArgs;
 use crate::trainable::TrainableArgs;
 use anyhow::{bail, Result};
 use safeloop_shared::config::{generation_eos_ids, ModelConfig};
@@ -49,10 +50,9 @@ pub struct TrainScoreArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 2e-5)]
     pub lr: f64,
-    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
-    pub lr_scheduler: Schedule,
-    #[arg(long, default_value_t = 0.03)]
-    pub warmup_ratio: f64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f64,
     /// L2 coefficient on the scores.
@@ -62,8 +62,6 @@ pub struct TrainScoreArgs {
     pub loss_type: LossType,
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
     /// Train only the score head.
     #[arg(long)]
     pub head_only: bool,
@@ -73,28 +71,15 @@ pub struct TrainScoreArgs {
     /// Input format the model scores: `safe-rlhf` (default; what the server uses) or `chat-template`.
     #[arg(long, default_value = "safe-rlhf")]
     pub score_format: String,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Stored dtype of the output model: f32, bf16, f16.
-    #[arg(long, default_value = "f32")]
-    pub save_dtype: String,
     /// Checkpoint every N optimiser steps (0 = at the end of each epoch only).
     #[arg(long, default_value_t = 0)]
     pub save_every: u64,
     /// Continue from OUT/checkpoint if present.
     #[arg(long)]
     pub resume: bool,
-    /// Metrics JSONL (default OUT/metrics.jsonl).
-    #[arg(long)]
-    pub metrics: Option<PathBuf>,
     /// Padded tokens per forward pass in evaluation.
     #[arg(long, default_value_t = 8192)]
     pub eval_tokens: usize,
-    /// Stop after this many optimiser steps (for smoke runs; 0 = no limit).
-    #[arg(long, default_value_t = 0)]
-    pub max_steps: u64,
 }
 
 pub fn parse_score_format(s: &str) -> Result<ScoreFormat> {
@@ -141,13 +126,13 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
 
 pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     let started = Instant::now();
-    let device = crate::device::parse_device(&args.device)?;
-    let save_kind = crate::device::parse_kind(&args.save_dtype)?;
+    let device = crate::device::parse_device(&args.run.device)?;
+    let save_kind = crate::device::parse_kind(&args.run.save_dtype)?;
     let format = parse_score_format(&args.score_format)?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    tch::manual_seed(args.seed as i64);
+    tch::manual_seed(args.run.seed as i64);
     let (tok, pad) = load_tokenizer(&args.model)?;
     let train = load_data(args.kind, &args.data, &tok, format, args.max_length)?;
     let evals: Vec<(PathBuf, ScoreData)> = args
@@ -200,15 +185,22 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     );
     let mut opt = AdamW::new(trainable, args.weight_decay);
 
-    let steps_per_epoch = epoch_batches(&train, args.batch_size, args.seed, 0, true).len() as u64;
+    let steps_per_epoch =
+        epoch_batches(&train, args.batch_size, args.run.seed, 0, true).len() as u64;
     let total_steps = steps_per_epoch * args.epochs as u64;
-    let sched = LrSchedule::new(args.lr, args.lr_scheduler, args.warmup_ratio, total_steps);
+    let sched = LrSchedule::new(
+        args.lr,
+        args.run.lr_scheduler,
+        args.run.warmup_ratio,
+        total_steps,
+    );
     let mut global_step = 0u64;
     if resuming {
         global_step = crate::checkpoint::resume(&ckpt, &mut opt)?;
     }
     let mut log = MetricsLog::open(
         &args
+            .run
             .metrics
             .clone()
             .unwrap_or_else(|| args.out.join("metrics.jsonl")),
@@ -226,7 +218,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     };
 
     'epochs: for epoch in 0..args.epochs {
-        let batches = epoch_batches(&train, args.batch_size, args.seed, epoch, true);
+        let batches = epoch_batches(&train, args.batch_size, args.run.seed, epoch, true);
         let pb = progress(
             batches.len() as u64,
             &format!("epoch {}/{}", epoch + 1, args.epochs),
@@ -237,7 +229,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
                 pb.inc(1);
                 continue;
             }
-            if args.max_steps > 0 && global_step >= args.max_steps {
+            if args.run.max_steps > 0 && global_step >= args.run.max_steps {
                 pb.finish_and_clear();
                 break 'epochs;
             }
@@ -246,7 +238,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
             opt.zero_grad();
             let b = batch_loss(&model, &c, args.kind, args.loss_type, args.regularization);
             b.total.backward();
-            let grad_norm = opt.clip_grad_norm(args.max_grad_norm);
+            let grad_norm = opt.clip_grad_norm(args.run.max_grad_norm);
             let lr = sched.at(global_step);
             opt.step(lr);
             global_step += 1;

@@ -1,0 +1,32 @@
+//! Flags every supervised training command (`train-score`, `sft`, `dpo`) shares with the same defaults: the
+//! learning-rate schedule shape, gradient clipping, seed, device, output dtype, metrics file and a step cap.
+//! The learning rate, weight decay, epochs and batch size stay with each command (their defaults differ).
+
+use crate::optim::Schedule;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub lr_scheduler: Schedule,
+    /// Share of the steps spent warming the learning rate up linearly.
+    #[arg(long, default_value_t = 0.03)]
+    pub warmup_ratio: f64,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Stored dtype of the output model: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    pub save_dtype: String,
+    /// Metrics JSONL (default OUT/metrics.jsonl).
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Stop after this many optimiser steps (smoke runs; 0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_steps: u64,
+}
