@@ -583,7 +583,7 @@ pub fn run(args: &PpoArgs, algo: Algorithm, reward_shaping: Option<f64>) -> Resu
         )?;
         copy_tokenizer_files(&args.actor, &d)?;
     }
-    let plots = plot_history(&args.out, &history)?;
+    let plots = plot_history(&args.out, &history, args.threshold)?;
     let mean_of = |k: &str| -> Option<f64> {
         let v: Vec<f64> = history.iter().filter_map(|r| r[k].as_f64()).collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
@@ -648,8 +648,8 @@ fn save_checkpoint(
     Ok(())
 }
 
-/// Training curves: reward/cost per step, λ and the episode-cost window mean.
-fn plot_history(out: &Path, history: &[Value]) -> Result<Vec<PathBuf>> {
+/// Training curves: reward/cost per step, λ and the episode-cost window mean against the threshold d.
+fn plot_history(out: &Path, history: &[Value], threshold: f64) -> Result<Vec<PathBuf>> {
     use crate::plots::{scatter, Series};
     let series = |k: &str, name: &str| Series {
         name: name.into(),
@@ -670,13 +670,17 @@ fn plot_history(out: &Path, history: &[Value]) -> Result<Vec<PathBuf>> {
         true,
     )?;
     let lam = series("lambda", "λ");
-    if !lam.points.is_empty() {
+    if let (Some(first), Some(last)) = (lam.points.first(), lam.points.last()) {
+        let d = Series {
+            name: format!("threshold d = {threshold}"),
+            points: vec![(first.0, threshold), (last.0, threshold)],
+        };
         files.extend(scatter(
             &out.join("lambda"),
             "Lagrange multiplier and episode cost",
             "step",
             "value",
-            &[lam, series("episode_cost", "episode cost (window mean)")],
+            &[lam, series("episode_cost", "episode cost (window mean)"), d],
             true,
         )?);
     }
