@@ -180,9 +180,15 @@ pub fn fresh_tmp(name: &str) -> PathBuf {
 /// Runs `safeloop-train` with one libtorch thread (tiny models: fastest, and parallel tests don't oversubscribe
 /// the cores); returns (success, stdout, stderr).
 pub fn run_train(args: &[&str]) -> (bool, String, String) {
+    run_train_with_threads(args, 1)
+}
+
+/// Runs `safeloop-train` with `threads` libtorch threads (SmolLM2-sized work wants every core); returns
+/// (success, stdout, stderr).
+pub fn run_train_with_threads(args: &[&str], threads: usize) -> (bool, String, String) {
     let out = Command::new(bin("safeloop-train"))
         .args(args)
-        .env("SAFELOOP_TRAIN_THREADS", "1")
+        .env("SAFELOOP_TRAIN_THREADS", threads.to_string())
         .output()
         .expect("run safeloop-train");
     (

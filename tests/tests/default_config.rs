@@ -2,10 +2,9 @@
 //! default cost model, which `scripts/build_models.sh` rebuilds from the committed adapter (`models/cost-smollm2`,
 //! trained by `safeloop-train train-score`). Needs `scripts/test.sh`'s set-up (assets, built models).
 
-use safeloop_tests::{bin, golden_dir, Server};
+use safeloop_tests::{data_file, fresh_tmp, path_str, run_train_with_threads, Server};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::Command;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -16,8 +15,7 @@ fn root() -> PathBuf {
 
 /// Every third row of safety_qa_dev (200 responses, 57% of them unsafe) and the first 120 PKU safety pairs.
 fn subsets(dir: &std::path::Path) -> (PathBuf, PathBuf) {
-    let data = golden_dir("..").join("data");
-    let qa: Vec<String> = std::fs::read_to_string(data.join("safety_qa_dev.jsonl"))
+    let qa: Vec<String> = std::fs::read_to_string(data_file("safety_qa_dev.jsonl"))
         .unwrap()
         .lines()
         .enumerate()
@@ -25,7 +23,7 @@ fn subsets(dir: &std::path::Path) -> (PathBuf, PathBuf) {
         .map(|(_, l)| l.to_string())
         .take(200)
         .collect();
-    let pairs: Vec<String> = std::fs::read_to_string(data.join("pku_safety_pairs_dev.jsonl"))
+    let pairs: Vec<String> = std::fs::read_to_string(data_file("pku_safety_pairs_dev.jsonl"))
         .unwrap()
         .lines()
         .take(120)
@@ -47,28 +45,24 @@ fn default_cost_model_is_built_from_the_committed_adapter_and_beats_the_majority
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["score_type"], "cost");
-    let dir = std::env::temp_dir().join(format!("safeloop-default-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_tmp("default");
     let (qa, pairs) = subsets(&dir);
-    let out = Command::new(bin("safeloop-train"))
-        .args([
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (ok, stdout, stderr) = run_train_with_threads(
+        &[
             "eval-score",
             "--model",
-            model.to_str().unwrap(),
+            path_str(&model),
             "--max-length",
             "256",
             "--data",
-        ])
-        .arg(&qa)
-        .arg(&pairs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            path_str(&qa),
+            path_str(&pairs),
+        ],
+        threads,
     );
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+    assert!(ok, "{stderr}");
+    let lines: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

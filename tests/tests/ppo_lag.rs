@@ -7,56 +7,47 @@
 //! mid-run (~1.5–1.9) and ending near 0.3; plain PPO reward 4.9 → 9.9 with cost +0.35 → +7.6. The assertions keep
 //! wide margins around those.
 
-use safeloop_tests::{bin, golden_dir};
+use safeloop_tests::{data_file, fresh_tmp, golden_dir, path_str, run_train};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Command;
 
 fn run(algo: &str, seed: u64) -> Vec<Value> {
-    let out = std::env::temp_dir().join(format!("safeloop-{algo}-{seed}-{}", std::process::id()));
-    std::fs::remove_dir_all(&out).ok();
-    let prompts: PathBuf = golden_dir("..").join("data/pku_saferlhf_train.jsonl");
+    let out = fresh_tmp(&format!("{algo}-{seed}"));
+    let prompts = data_file("pku_saferlhf_train.jsonl");
+    let actor = golden_dir("llama-gqa");
     let seed_s = seed.to_string();
-    let st = Command::new(bin("safeloop-train"))
-        .args([
-            algo,
-            "--actor",
-            golden_dir("llama-gqa").to_str().unwrap(),
-            "--reward-model",
-            "token-fraction:4:256:10",
-            "--cost-model",
-            "token-fraction:4:130:10:-2",
-            "--prompts",
-            prompts.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--epochs",
-            "100",
-            "--max-iterations",
-            "40",
-            "--prompt-batch-size",
-            "64",
-            "--max-new-tokens",
-            "16",
-            "--ignore-eos",
-            "--actor-lr",
-            "5e-3",
-            "--actor-lr-scheduler",
-            "constant",
-            "--critic-lr",
-            "1e-2",
-            "--seed",
-            &seed_s,
-        ])
-        .env("SAFELOOP_TRAIN_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{algo} seed {seed}: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let summary: Value = serde_json::from_str(String::from_utf8_lossy(&st.stdout).trim()).unwrap();
+    let (ok, stdout, stderr) = run_train(&[
+        algo,
+        "--actor",
+        path_str(&actor),
+        "--reward-model",
+        "token-fraction:4:256:10",
+        "--cost-model",
+        "token-fraction:4:130:10:-2",
+        "--prompts",
+        path_str(&prompts),
+        "--out",
+        path_str(&out),
+        "--epochs",
+        "100",
+        "--max-iterations",
+        "40",
+        "--prompt-batch-size",
+        "64",
+        "--max-new-tokens",
+        "16",
+        "--ignore-eos",
+        "--actor-lr",
+        "5e-3",
+        "--actor-lr-scheduler",
+        "constant",
+        "--critic-lr",
+        "1e-2",
+        "--seed",
+        &seed_s,
+    ]);
+    assert!(ok, "{algo} seed {seed}: {stderr}");
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(PathBuf::from(summary["policy"].as_str().unwrap())
         .join("model.safetensors")
         .is_file());

@@ -2,7 +2,7 @@
 //! optimiser moments and `state.json`, written beside the checkpoint and renamed into place, so a crash leaves
 //! either the previous checkpoint or the new one.
 
-use crate::model::{save_adapter, Model};
+use crate::model::{save_adapter, write_dir_atomically, Model};
 use crate::optim::AdamW;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -17,17 +17,15 @@ pub fn save(
     args: &impl serde::Serialize,
     meta: Value,
 ) -> Result<()> {
-    let tmp = dir.with_extension("partial");
-    std::fs::remove_dir_all(&tmp).ok();
-    save_adapter(model, &tmp, tch::Kind::Float, meta)?;
-    opt.save(&tmp.join("optimizer.safetensors"))?;
-    std::fs::write(
-        tmp.join("state.json"),
-        serde_json::to_string_pretty(&json!({"global_step": step, "args": args}))?,
-    )?;
-    std::fs::remove_dir_all(dir).ok();
-    std::fs::rename(&tmp, dir).with_context(|| format!("writing {}", dir.display()))?;
-    Ok(())
+    write_dir_atomically(dir, |tmp| {
+        save_adapter(model, tmp, tch::Kind::Float, meta)?;
+        opt.save(&tmp.join("optimizer.safetensors"))?;
+        std::fs::write(
+            tmp.join("state.json"),
+            serde_json::to_string_pretty(&json!({"global_step": step, "args": args}))?,
+        )?;
+        Ok(())
+    })
 }
 
 /// Loads the optimiser state of `dir` and returns its global step.

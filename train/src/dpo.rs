@@ -4,11 +4,11 @@
 
 use crate::data::preference::{reward_text_pairs, TextPair};
 use crate::losses::dpo::dpo_loss;
-use crate::metrics::{progress, MetricsLog};
+use crate::metrics::progress;
 use crate::model::{
     copy_tokenizer_files, gather_logprobs, save_hf_dir, HeadKind, Model, SaveOptions,
 };
-use crate::optim::{AdamW, LrSchedule};
+use crate::optim::AdamW;
 use crate::rollout::PromptFormat;
 use crate::run_args::RunArgs;
 use crate::sft::{collate, tokenize, SftExample};
@@ -109,7 +109,7 @@ fn batch(
 
 pub fn run(args: &DpoArgs) -> Result<Value> {
     let started = Instant::now();
-    let device = crate::device::parse_device(&args.run.device)?;
+    let device = args.run.device()?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -143,19 +143,10 @@ pub fn run(args: &DpoArgs) -> Result<Value> {
     args.trainable.apply(&mut policy, false);
     let mut opt = AdamW::new(policy.trainable(), args.weight_decay);
     let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
-    let sched = LrSchedule::new(
-        args.lr,
-        args.run.lr_scheduler,
-        args.run.warmup_ratio,
-        steps_per_epoch * args.epochs as u64,
-    );
-    let mut log = MetricsLog::open(
-        &args
-            .run
-            .metrics
-            .clone()
-            .unwrap_or_else(|| args.out.join("metrics.jsonl")),
-    )?;
+    let sched = args
+        .run
+        .schedule(args.lr, steps_per_epoch * args.epochs as u64);
+    let mut log = args.run.metrics_log(&args.out)?;
     let mut step = 0u64;
     let mut evaluations = Vec::new();
     'epochs: for epoch in 0..args.epochs {
@@ -168,7 +159,7 @@ pub fn run(args: &DpoArgs) -> Result<Value> {
             &format!("dpo epoch {}/{}", epoch + 1, args.epochs),
         );
         for chunk in order.chunks(args.batch_size) {
-            if args.run.max_steps > 0 && step >= args.run.max_steps {
+            if args.run.step_cap_reached(step) {
                 break 'epochs;
             }
             let pairs: Vec<&(SftExample, SftExample)> = chunk.iter().map(|&i| &train[i]).collect();
@@ -216,7 +207,7 @@ pub fn run(args: &DpoArgs) -> Result<Value> {
         &policy,
         &dir,
         &SaveOptions {
-            kind: crate::device::parse_kind(&args.run.save_dtype)?,
+            kind: args.run.save_kind()?,
             ..Default::default()
         },
     )?;

@@ -2,8 +2,10 @@
 //! learning-rate schedule shape, gradient clipping, seed, device, output dtype, metrics file and a step cap.
 //! The learning rate, weight decay, epochs and batch size stay with each command (their defaults differ).
 
-use crate::optim::Schedule;
-use std::path::PathBuf;
+use crate::metrics::MetricsLog;
+use crate::optim::{LrSchedule, Schedule};
+use anyhow::Result;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct RunArgs {
@@ -29,4 +31,36 @@ pub struct RunArgs {
     /// Stop after this many optimiser steps (smoke runs; 0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub max_steps: u64,
+}
+
+impl RunArgs {
+    /// `--device`, parsed.
+    pub fn device(&self) -> Result<tch::Device> {
+        crate::device::parse_device(&self.device)
+    }
+
+    /// `--save-dtype`, parsed.
+    pub fn save_kind(&self) -> Result<tch::Kind> {
+        crate::device::parse_kind(&self.save_dtype)
+    }
+
+    /// The learning-rate schedule of a run of `total_steps` peaking at `lr`.
+    pub fn schedule(&self, lr: f64, total_steps: u64) -> LrSchedule {
+        LrSchedule::new(lr, self.lr_scheduler, self.warmup_ratio, total_steps)
+    }
+
+    /// Opens `--metrics`, or OUT/metrics.jsonl.
+    pub fn metrics_log(&self, out: &Path) -> Result<MetricsLog> {
+        MetricsLog::open(
+            &self
+                .metrics
+                .clone()
+                .unwrap_or_else(|| out.join("metrics.jsonl")),
+        )
+    }
+
+    /// Whether `--max-steps` stops the run before optimiser step `step`.
+    pub fn step_cap_reached(&self, step: u64) -> bool {
+        self.max_steps > 0 && step >= self.max_steps
+    }
 }

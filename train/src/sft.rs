@@ -5,12 +5,12 @@
 
 use crate::data::sft as sft_data;
 use crate::losses::sft::causal_lm_loss;
-use crate::metrics::{progress, MetricsLog};
+use crate::metrics::progress;
 use crate::model::{
     copy_tokenizer_files, gather_logprobs, load_adapter, save_hf_dir, Batch, HeadKind, Model,
     SaveOptions,
 };
-use crate::optim::{AdamW, LrSchedule};
+use crate::optim::AdamW;
 use crate::rollout::PromptFormat;
 use crate::run_args::RunArgs;
 use crate::trainable::TrainableArgs;
@@ -125,8 +125,8 @@ pub fn collate(examples: &[&SftExample], pad: i64, device: tch::Device) -> (Batc
 
 pub fn run(args: &SftArgs) -> Result<Value> {
     let started = Instant::now();
-    let device = crate::device::parse_device(&args.run.device)?;
-    let save_kind = crate::device::parse_kind(&args.run.save_dtype)?;
+    let device = args.run.device()?;
+    let save_kind = args.run.save_kind()?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -161,23 +161,14 @@ pub fn run(args: &SftArgs) -> Result<Value> {
     args.trainable.apply(&mut model, false);
     let mut opt = AdamW::new(model.trainable(), args.weight_decay);
     let steps_per_epoch = examples.len().div_ceil(args.batch_size) as u64;
-    let sched = LrSchedule::new(
-        args.lr,
-        args.run.lr_scheduler,
-        args.run.warmup_ratio,
-        steps_per_epoch * args.epochs as u64,
-    );
+    let sched = args
+        .run
+        .schedule(args.lr, steps_per_epoch * args.epochs as u64);
     let mut global_step = 0u64;
     if resuming {
         global_step = crate::checkpoint::resume(&ckpt, &mut opt)?;
     }
-    let mut log = MetricsLog::open(
-        &args
-            .run
-            .metrics
-            .clone()
-            .unwrap_or_else(|| args.out.join("metrics.jsonl")),
-    )?;
+    let mut log = args.run.metrics_log(&args.out)?;
     let save_ckpt = |model: &Model, opt: &AdamW, step: u64| -> Result<()> {
         crate::checkpoint::save(&ckpt, model, opt, step, args, json!({}))
     };
@@ -197,7 +188,7 @@ pub fn run(args: &SftArgs) -> Result<Value> {
                 pb.inc(1);
                 continue;
             }
-            if args.run.max_steps > 0 && global_step >= args.run.max_steps {
+            if args.run.step_cap_reached(global_step) {
                 break 'epochs;
             }
             let t = Instant::now();

@@ -173,11 +173,27 @@ pub fn config_json(cfg: &ModelConfig, head: &Head, kind: Kind) -> Value {
 /// ([`copy_tokenizer_files`]). The directory is written next to `dir` and renamed into place, so a crash never
 /// leaves a half-written checkpoint under the final name.
 pub fn save_hf_dir(model: &Model, dir: &Path, opts: &SaveOptions) -> Result<()> {
+    write_dir_atomically(dir, |tmp| write_hf_files(model, dir, tmp, opts))
+}
+
+/// Writes a directory so that a crash leaves either the old `dir` or the complete new one: `fill` writes into
+/// `DIR.partial` (emptied first), which then replaces `dir`.
+pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = dir.with_extension("partial");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))
+}
+
+/// The files of [`save_hf_dir`], written into `tmp` (the future `dir`).
+fn write_hf_files(model: &Model, dir: &Path, tmp: &Path, opts: &SaveOptions) -> Result<()> {
     let mut head = model.cfg.head.clone();
     if let (Head::Score { score_type, .. }, Some(t)) = (&mut head, &opts.score_type) {
         *score_type = Some(t.clone());
@@ -230,11 +246,8 @@ pub fn save_hf_dir(model: &Model, dir: &Path, opts: &SaveOptions) -> Result<()> 
     }
     // Keep tokenizer files already in place (a re-save over an existing checkpoint).
     if dir.exists() {
-        copy_tokenizer_files(dir, &tmp)?;
-        std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+        copy_tokenizer_files(dir, tmp)?;
     }
-    std::fs::rename(&tmp, dir)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
     Ok(())
 }
 

@@ -9,7 +9,10 @@
 mod io;
 mod layers;
 
-pub use io::{copy_tokenizer_files, load_adapter, save_adapter, save_hf_dir, SaveOptions};
+pub use io::{
+    copy_tokenizer_files, load_adapter, save_adapter, save_hf_dir, write_dir_atomically,
+    SaveOptions,
+};
 pub use layers::rope_cos_sin;
 
 /// LoRA adapters on every projection (q, k, v, o, gate, up, down) of the layers from `from_layer` up.
@@ -349,12 +352,9 @@ impl Model {
             self.embed.forward(ids)
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            if i < self.frozen_layers {
-                let _g = tch::no_grad_guard();
-                x = layer.forward(&x, &rope, attn_mask.as_ref());
-            } else {
-                x = layer.forward(&x, &rope, attn_mask.as_ref());
-            }
+            // Frozen lower layers run without autograd.
+            let _g = (i < self.frozen_layers).then(tch::no_grad_guard);
+            x = layer.forward(&x, &rope, attn_mask.as_ref());
         }
         self.norm.forward(&x)
     }

@@ -15,7 +15,10 @@ use crate::data::prompts;
 use crate::losses::lagrange::{combine_advantages, Lagrange};
 use crate::losses::ppo::{actor_loss, critic_loss};
 use crate::metrics::{progress, MetricsLog};
-use crate::model::{copy_tokenizer_files, save_adapter, save_hf_dir, HeadKind, Model, SaveOptions};
+use crate::model::{
+    copy_tokenizer_files, save_adapter, save_hf_dir, write_dir_atomically, HeadKind, Model,
+    SaveOptions,
+};
 use crate::optim::{AdamW, LrSchedule, Schedule};
 use crate::rollout::{Policy, PromptFormat};
 use anyhow::{bail, Context, Result};
@@ -627,25 +630,23 @@ fn save_checkpoint(
     lagrange: &Lagrange,
     step: u64,
 ) -> Result<()> {
-    let tmp = ckpt.with_extension("partial");
-    std::fs::remove_dir_all(&tmp).ok();
-    for (name, m, o) in [
-        ("actor", Some(actor), Some(actor_opt)),
-        ("reward_critic", Some(rc), Some(rc_opt)),
-        ("cost_critic", cc, cc_opt),
-    ] {
-        if let (Some(m), Some(o)) = (m, o) {
-            save_adapter(m, &tmp.join(name), tch::Kind::Float, json!({}))?;
-            o.save(&tmp.join(name).join("optimizer.safetensors"))?;
+    write_dir_atomically(ckpt, |tmp| {
+        for (name, m, o) in [
+            ("actor", Some(actor), Some(actor_opt)),
+            ("reward_critic", Some(rc), Some(rc_opt)),
+            ("cost_critic", cc, cc_opt),
+        ] {
+            if let (Some(m), Some(o)) = (m, o) {
+                save_adapter(m, &tmp.join(name), tch::Kind::Float, json!({}))?;
+                o.save(&tmp.join(name).join("optimizer.safetensors"))?;
+            }
         }
-    }
-    std::fs::write(
-        tmp.join("state.json"),
-        serde_json::to_string_pretty(&json!({"global_step": step, "lagrange": lagrange}))?,
-    )?;
-    std::fs::remove_dir_all(ckpt).ok();
-    std::fs::rename(&tmp, ckpt).with_context(|| format!("writing {}", ckpt.display()))?;
-    Ok(())
+        std::fs::write(
+            tmp.join("state.json"),
+            serde_json::to_string_pretty(&json!({"global_step": step, "lagrange": lagrange}))?,
+        )?;
+        Ok(())
+    })
 }
 
 /// Training curves: reward/cost per step, λ and the episode-cost window mean against the threshold d.

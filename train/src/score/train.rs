@@ -13,7 +13,7 @@ use crate::metrics::{progress, MetricsLog};
 use crate::model::{
     copy_tokenizer_files, load_adapter, save_adapter, save_hf_dir, HeadKind, Model, SaveOptions,
 };
-use crate::optim::{AdamW, LrSchedule};
+use crate::optim::AdamW;
 use crate::run_args::RunArgs;
 use crate::trainable::TrainableArgs;
 use anyhow::{bail, Result};
@@ -126,8 +126,8 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
 
 pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     let started = Instant::now();
-    let device = crate::device::parse_device(&args.run.device)?;
-    let save_kind = crate::device::parse_kind(&args.run.save_dtype)?;
+    let device = args.run.device()?;
+    let save_kind = args.run.save_kind()?;
     let format = parse_score_format(&args.score_format)?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -188,23 +188,12 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     let steps_per_epoch =
         epoch_batches(&train, args.batch_size, args.run.seed, 0, true).len() as u64;
     let total_steps = steps_per_epoch * args.epochs as u64;
-    let sched = LrSchedule::new(
-        args.lr,
-        args.run.lr_scheduler,
-        args.run.warmup_ratio,
-        total_steps,
-    );
+    let sched = args.run.schedule(args.lr, total_steps);
     let mut global_step = 0u64;
     if resuming {
         global_step = crate::checkpoint::resume(&ckpt, &mut opt)?;
     }
-    let mut log = MetricsLog::open(
-        &args
-            .run
-            .metrics
-            .clone()
-            .unwrap_or_else(|| args.out.join("metrics.jsonl")),
-    )?;
+    let mut log = args.run.metrics_log(&args.out)?;
     let mut evaluations = Vec::new();
     let save_ckpt = |model: &Model, opt: &AdamW, step: u64| -> Result<()> {
         crate::checkpoint::save(
@@ -229,7 +218,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
                 pb.inc(1);
                 continue;
             }
-            if args.run.max_steps > 0 && global_step >= args.run.max_steps {
+            if args.run.step_cap_reached(global_step) {
                 pb.finish_and_clear();
                 break 'epochs;
             }
