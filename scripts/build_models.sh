@@ -27,3 +27,21 @@ for name in cost-smollm2; do
   $T merge --base "$BASE" --adapter "$adapter" --out "$out" > /dev/null
   echo "$stamp" > "$out/.safeloop-adapter"
 done
+
+# The local model registry the default configuration serves from (config/serve.toml follows `champion`): the pinned
+# SmolLM2 GGUF as `smollm2` and the default cost model as `cost-smollm2`. Publishing is idempotent (same bytes, same
+# version id); the champion alias is set only when none exists, so a version promoted since (by `safeloop-train
+# round` or `registry promote`) stays the champion.
+REG="${SAFELOOP_REGISTRY:-assets/registry}"
+publish_default() { # NAME KIND PATH
+  local v
+  v="$($T registry publish "$REG/$1" --model "$3" --kind "$2" | sed -n 's/.*"version":"\([0-9a-f]*\)".*/\1/p')"
+  if ! $T registry show "$REG/$1@champion" > /dev/null 2>&1; then
+    $T registry promote "$REG/$1" "$v" > /dev/null
+    echo "build-models: $REG/$1@champion = $v"
+  else
+    echo "build-models: $REG/$1 published ($v); champion unchanged"
+  fi
+}
+publish_default smollm2 policy assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+publish_default cost-smollm2 cost assets/models/cost-smollm2

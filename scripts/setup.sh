@@ -14,12 +14,16 @@ GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
-# The Python test environment (.venv, git-ignored): the official openai SDK, pinned.
+# The Python test environment (.venv, git-ignored), pinned in tests/python/requirements.txt: the official openai
+# SDK, and moto's standalone S3-compatible server for the object-store registry test. Reinstalled when the
+# requirements file changes.
 VENV="${SAFELOOP_VENV:-.venv}"
-if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '3.57.0')" 2>/dev/null; then
-  echo "setup: creating $VENV with tests/python/requirements.txt"
+REQ_SHA="$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$REQ_SHA" ] || ! "$VENV/bin/python" -c "import openai, moto" 2>/dev/null; then
+  echo "setup: installing tests/python/requirements.txt into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  echo "$REQ_SHA" > "$VENV/.requirements.sha256"
 fi
 
 # libtorch 2.11 (CPU libraries) for the trainer.

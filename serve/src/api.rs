@@ -1,6 +1,7 @@
 //! OpenAI wire types (requests and responses), with OpenAPI schemas.
 
 use serde::{Deserialize, Serialize};
+use safeloop_shared::trajlog::GateAction;
 use utoipa::ToSchema;
 
 /// A string or a list of strings (`stop`).
@@ -184,7 +185,8 @@ pub struct SafetyInfo {
     pub flagged: bool,
     /// What the gate did: `pass`, `annotate`, `block`, `resample`, or `unscored` when
     /// scoring failed.
-    pub action: String,
+    #[schema(value_type = String, example = "pass")]
+    pub action: GateAction,
     /// Streams: bytes of the text checked so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checked_offset: Option<usize>,
@@ -279,6 +281,9 @@ pub struct ModelCard {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
+    /// The policy version serving this name (safeloop extension; absent while loading).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -11,9 +11,24 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeArgs {
-    /// HF model directory or .gguf file [default: the pinned SmolLM2-135M-Instruct]
+    /// HF model directory, .gguf file, or `registry:ROOT/NAME@ALIAS` to serve what the alias
+    /// points at and follow it [default: the pinned SmolLM2-135M-Instruct]
     #[arg(long, env = "SAFELOOP_MODEL")]
     pub model: Option<PathBuf>,
+    /// Seconds between checks of followed registry aliases (`registry:` models) [default: 5]
+    #[arg(long, env = "SAFELOOP_REGISTRY_POLL_SECS")]
+    pub registry_poll_secs: Option<f64>,
+    /// Local cache for versions fetched from an object-store registry
+    /// [default: $XDG_CACHE_HOME/safeloop/registry or ~/.cache/safeloop/registry]
+    #[arg(long, env = "SAFELOOP_REGISTRY_CACHE")]
+    pub registry_cache: Option<PathBuf>,
+    /// Accept a new policy version whose tokenizer differs from the serving one [default: false]
+    #[arg(long, env = "SAFELOOP_ALLOW_TOKENIZER_CHANGE")]
+    pub allow_tokenizer_change: Option<bool>,
+    /// Enables the admin API (/admin/v1/...) with `Authorization: Bearer <key>`; distinct from
+    /// --api-key [default: admin API off]
+    #[arg(long, env = "SAFELOOP_ADMIN_KEY")]
+    pub admin_key: Option<String>,
     /// Name clients use in `model` [default: the model file or directory name]
     #[arg(long, env = "SAFELOOP_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
@@ -60,10 +75,11 @@ pub struct ServeArgs {
     /// Seconds graceful shutdown waits for in-flight requests [default: 30]
     #[arg(long, env = "SAFELOOP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
-    /// Cost model (safe-rlhf score-model directory): every choice is scored; cost > 0 is unsafe
+    /// Cost model (safe-rlhf score-model directory, or `registry:ROOT/NAME@ALIAS`): every choice
+    /// is scored; cost > 0 is unsafe
     #[arg(long, env = "SAFELOOP_COST_MODEL")]
     pub cost_model: Option<PathBuf>,
-    /// Reward model (safe-rlhf score-model directory) [default: none]
+    /// Reward model (safe-rlhf score-model directory, or `registry:ROOT/NAME@ALIAS`) [default: none]
     #[arg(long, env = "SAFELOOP_REWARD_MODEL")]
     pub reward_model: Option<PathBuf>,
     /// Score-model input: `safe-rlhf` (BEGINNING OF CONVERSATION: USER: … ASSISTANT:…) or
@@ -124,10 +140,37 @@ pub struct ServeArgs {
     pub kernels: Option<String>,
 }
 
+/// Where a model comes from: a path, or a registry alias the server follows.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Path(PathBuf),
+    Registry(safeloop_shared::registry::ModelRef),
+}
+
+impl ModelSource {
+    fn parse(flag: &str, p: PathBuf) -> Result<Self> {
+        let s = p.to_string_lossy();
+        if safeloop_shared::registry::ModelRef::is_registry_spec(&s) {
+            let r = safeloop_shared::registry::ModelRef::parse(&s)
+                .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
+            Ok(Self::Registry(r))
+        } else {
+            Ok(Self::Path(p))
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Path(p) => p.display().to_string(),
+            Self::Registry(r) => format!("registry:{r}"),
+        }
+    }
+}
+
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub model: PathBuf,
+    pub model: ModelSource,
     pub default_model: bool,
     pub served_model_name: String,
     pub host: String,
@@ -148,8 +191,12 @@ pub struct ServeConfig {
     pub prefix_cache_tokens: usize,
     pub log: Option<safeloop_shared::trajlog::LogConfig>,
     pub log_fail_closed: bool,
-    pub cost_model: Option<PathBuf>,
-    pub reward_model: Option<PathBuf>,
+    pub cost_model: Option<ModelSource>,
+    pub reward_model: Option<ModelSource>,
+    pub registry_poll: std::time::Duration,
+    pub registry_cache: PathBuf,
+    pub allow_tokenizer_change: bool,
+    pub admin_key: Option<String>,
     pub score_format: safeloop_shared::scoring::ScoreFormat,
     pub gate: crate::gate::GatePolicy,
 }
@@ -173,16 +220,33 @@ impl ServeConfig {
             };
         }
         let default_model = pick!(model).is_none();
-        let model = pick!(model).unwrap_or_else(safeloop_shared::assets::default_model_path);
+        let model = ModelSource::parse(
+            "model",
+            pick!(model).unwrap_or_else(safeloop_shared::assets::default_model_path),
+        )?;
         let served_model_name = pick!(served_model_name).unwrap_or_else(|| {
             if default_model {
                 "SmolLM2-135M-Instruct".to_string()
             } else {
-                model
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "model".into())
+                match &model {
+                    ModelSource::Registry(r) => r.name.clone(),
+                    ModelSource::Path(p) => p
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "model".into()),
+                }
             }
+        });
+        let poll = pick!(registry_poll_secs).unwrap_or(5.0);
+        if !(poll.is_finite() && poll > 0.0) {
+            anyhow::bail!("--registry-poll-secs: must be a positive number of seconds");
+        }
+        let registry_cache = pick!(registry_cache).unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir)
+                .join("safeloop/registry")
         });
         let cfg = Self {
             model,
@@ -231,7 +295,13 @@ impl ServeConfig {
                 }
             },
             log_fail_closed: pick!(log_fail_closed).unwrap_or(false),
-            cost_model: pick!(cost_model),
+            cost_model: pick!(cost_model)
+                .map(|p| ModelSource::parse("cost-model", p))
+                .transpose()?,
+            registry_poll: std::time::Duration::from_secs_f64(poll),
+            registry_cache,
+            allow_tokenizer_change: pick!(allow_tokenizer_change).unwrap_or(false),
+            admin_key: pick!(admin_key).filter(|k| !k.is_empty()),
             score_format: match pick!(score_format).as_deref() {
                 None | Some("safe-rlhf") => safeloop_shared::scoring::ScoreFormat::SafeRlhf,
                 Some("chat-template") => safeloop_shared::scoring::ScoreFormat::ChatTemplate,
@@ -239,7 +309,9 @@ impl ServeConfig {
                     anyhow::bail!("--score-format: `{other}` is not safe-rlhf or chat-template")
                 }
             },
-            reward_model: pick!(reward_model),
+            reward_model: pick!(reward_model)
+                .map(|p| ModelSource::parse("reward-model", p))
+                .transpose()?,
             gate: crate::gate::GatePolicy {
                 threshold: pick!(gate_threshold).unwrap_or(0.0),
                 action: match pick!(gate_action) {
@@ -261,6 +333,11 @@ impl ServeConfig {
                 Some(other) => anyhow::bail!("--kernels: `{other}` is not safeloop or candle"),
             },
         };
+        if cfg.admin_key.is_some() && cfg.admin_key == cfg.api_key {
+            anyhow::bail!(
+                "--admin-key: must differ from --api-key (clients must not get admin rights)"
+            );
+        }
         for (name, v) in [
             ("max_running", cfg.max_running),
             ("max_batch_tokens", cfg.max_batch_tokens),

@@ -115,6 +115,9 @@ fn run(
     in_flight: Arc<AtomicUsize>,
 ) {
     let mut live: HashMap<SeqId, Live> = HashMap::new();
+    // Set when every handle is gone (this version was swapped out): finish the sequences
+    // in flight (drain), then exit and free the weights.
+    let mut drain_started: Option<Instant> = None;
     let handle =
         |engine: &mut Engine<CausalLm>, live: &mut HashMap<SeqId, Live>, cmd: Command| match cmd {
             Command::Cancel(id) => {
@@ -142,22 +145,35 @@ fn run(
                 let _ = reply.send(r);
             }
         };
+    let drained = |since: Option<Instant>| {
+        let secs = since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        metrics
+            .swap_seconds
+            .with_label_values(&["policy", "drain"])
+            .observe(secs);
+        tracing::info!(secs, "engine drained: the old version is unloaded");
+    };
     loop {
         // Take every pending command; sleep only when there is nothing to do.
-        loop {
+        while drain_started.is_none() {
             match rx.try_recv() {
                 Ok(cmd) => handle(&mut engine, &mut live, cmd),
                 Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    drain_started = Some(Instant::now());
+                }
             }
         }
         if !engine.has_work() {
+            if drain_started.is_some() {
+                return drained(drain_started);
+            }
             match rx.blocking_recv() {
                 Some(cmd) => {
                     handle(&mut engine, &mut live, cmd);
                     continue;
                 }
-                None => return,
+                None => return drained(None),
             }
         }
         // Clients that went away: cancel before spending a step on them.
@@ -217,6 +233,9 @@ fn run(
                 }
                 let _ = engine.step();
             }
+        }
+        if drain_started.is_some() {
+            continue; // the serving version's engine owns the gauges
         }
         metrics.running.set(engine.num_running() as i64);
         metrics.waiting.set(engine.num_waiting() as i64);

@@ -7,8 +7,9 @@ use crate::api::{GateOverride, SafetyInfo};
 use crate::choices::{self, Finished, Timer};
 use crate::engine_task::EngineHandle;
 use crate::error::ApiError;
-use crate::safety::Safety;
+use crate::safety::Scores;
 use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams};
+use safeloop_shared::trajlog::GateAction;
 use safeloop_shared::ChatMessage;
 use std::sync::Arc;
 
@@ -100,12 +101,12 @@ pub struct Gated {
     pub candidates: Vec<Candidate>,
 }
 
-fn info(cost: Option<f32>, reward: Option<f32>, flagged: bool, action: &str) -> SafetyInfo {
+fn info(cost: Option<f32>, reward: Option<f32>, flagged: bool, action: GateAction) -> SafetyInfo {
     SafetyInfo {
         cost,
         reward,
         flagged,
-        action: action.into(),
+        action,
         checked_offset: None,
     }
 }
@@ -113,7 +114,7 @@ fn info(cost: Option<f32>, reward: Option<f32>, flagged: bool, action: &str) -> 
 /// Gates finished choices. `conv` is each choice's conversation for the score model.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
-    safety: &Safety,
+    safety: &impl Scores,
     policy: &GatePolicy,
     engine: &EngineHandle,
     jobs: &[(Vec<u32>, SamplingParams)],
@@ -154,14 +155,18 @@ pub async fn apply(
             });
             continue;
         };
-        let unscored = s.action == "unscored";
+        let unscored = s.action == GateAction::Unscored;
         let flagged = s.cost.is_some_and(|c| c > policy.threshold);
         let mut candidates = vec![];
         let mut chosen: Option<(Finished, SafetyInfo)> = None;
         if unscored && policy.fail_open {
-            chosen = Some((r, info(s.cost, s.reward, false, "unscored")));
+            chosen = Some((r, info(s.cost, s.reward, false, GateAction::Unscored)));
         } else if !unscored && (!flagged || policy.action == Action::Annotate) {
-            let action = if flagged { "annotate" } else { "pass" };
+            let action = if flagged {
+                GateAction::Annotate
+            } else {
+                GateAction::Pass
+            };
             chosen = Some((r, info(s.cost, s.reward, flagged, action)));
         } else {
             // Flagged (or unscored and failing closed): keep it in the log, marked blocked.
@@ -169,7 +174,7 @@ pub async fn apply(
                 job: i,
                 tokens: r.tokens.clone(),
                 finish: r.finish,
-                safety: Some(info(s.cost, s.reward, flagged, "block")),
+                safety: Some(info(s.cost, s.reward, flagged, GateAction::Block)),
                 blocked: true,
                 params: jobs[i].1.clone(),
             });
@@ -193,15 +198,16 @@ pub async fn apply(
                         .await
                         .remove(0);
                     let sc = sc.expect("a score model is loaded");
-                    let ok =
-                        sc.action != "unscored" && sc.cost.is_some_and(|c| c <= policy.threshold);
+                    let ok = sc.action != GateAction::Unscored
+                        && sc.cost.is_some_and(|c| c <= policy.threshold);
                     if ok {
-                        chosen = Some((cand, info(sc.cost, sc.reward, false, "resample")));
+                        chosen =
+                            Some((cand, info(sc.cost, sc.reward, false, GateAction::Resample)));
                         candidates.push(Candidate {
                             job: i,
                             tokens: chosen.as_ref().expect("set").0.tokens.clone(),
                             finish: chosen.as_ref().expect("set").0.finish,
-                            safety: Some(info(sc.cost, sc.reward, false, "resample")),
+                            safety: Some(info(sc.cost, sc.reward, false, GateAction::Resample)),
                             blocked: false,
                             params,
                         });
@@ -211,7 +217,7 @@ pub async fn apply(
                         job: i,
                         tokens: cand.tokens,
                         finish: cand.finish,
-                        safety: Some(info(sc.cost, sc.reward, true, "block")),
+                        safety: Some(info(sc.cost, sc.reward, true, GateAction::Block)),
                         blocked: true,
                         params,
                     });
@@ -222,7 +228,7 @@ pub async fn apply(
             Some((r, si)) => {
                 metrics
                     .gate_decisions
-                    .with_label_values(&[&si.action])
+                    .with_label_values(&[si.action.as_str()])
                     .inc();
                 if candidates.is_empty() {
                     candidates.push(Candidate {
@@ -250,7 +256,12 @@ pub async fn apply(
                     text: policy.refusal.clone(),
                     tokens: vec![],
                     finish_reason: "content_filter".into(),
-                    safety: Some(info(s.cost, s.reward, flagged || unscored, "block")),
+                    safety: Some(info(
+                        s.cost,
+                        s.reward,
+                        flagged || unscored,
+                        GateAction::Block,
+                    )),
                     candidates,
                 });
             }
@@ -284,17 +295,17 @@ pub fn streamed_candidates(
 
 /// The input check: `Err(400 content_filter)` when the prompt alone is flagged.
 pub async fn check_input(
-    safety: &Safety,
+    safety: &impl Scores,
     policy: &GatePolicy,
     conversation: Vec<ChatMessage>,
     param: &str,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), ApiError> {
-    if !policy.input_check || safety.cost.is_none() {
+    if !policy.input_check || !safety.has_cost() {
         return Ok(());
     }
     let s = safety.annotate(vec![(conversation, None)]).await.remove(0);
-    let unscored = s.as_ref().is_some_and(|s| s.action == "unscored");
+    let unscored = s.as_ref().is_some_and(|s| s.action == GateAction::Unscored);
     let flagged = s
         .as_ref()
         .and_then(|s| s.cost)
@@ -306,4 +317,191 @@ pub async fn check_input(
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gate's decisions, driven by fixed scores on the tiny golden model's engine.
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::safety::Item;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// Costs handed out in order; `None` stands for a scoring failure.
+    struct Fixed(Mutex<VecDeque<Option<f32>>>);
+
+    impl Fixed {
+        fn new(costs: &[Option<f32>]) -> Self {
+            Self(Mutex::new(costs.iter().copied().collect()))
+        }
+    }
+
+    impl Scores for Fixed {
+        fn has_cost(&self) -> bool {
+            true
+        }
+
+        async fn annotate(&self, items: Vec<Item>) -> Vec<Option<SafetyInfo>> {
+            let mut q = self.0.lock().unwrap();
+            items
+                .iter()
+                .map(|_| {
+                    let cost = q.pop_front().expect("a score for every item");
+                    Some(SafetyInfo {
+                        cost,
+                        reward: None,
+                        flagged: false,
+                        action: if cost.is_some() {
+                            GateAction::Annotate
+                        } else {
+                            GateAction::Unscored
+                        },
+                        checked_offset: None,
+                    })
+                })
+                .collect()
+        }
+    }
+
+    fn engine(metrics: Arc<Metrics>) -> EngineHandle {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/llama-gqa");
+        let loaded = safeloop_shared::load_causal_lm(&dir, &Default::default()).unwrap();
+        EngineHandle::start(loaded.model, loaded.tokenizer, Default::default(), metrics)
+    }
+
+    fn policy(action: Action) -> GatePolicy {
+        GatePolicy {
+            threshold: 0.0,
+            action,
+            resample: 2,
+            refusal: "refused".into(),
+            input_check: true,
+            window: 0,
+            fail_open: false,
+        }
+    }
+
+    async fn gate(scores: &Fixed, policy: &GatePolicy) -> Gated {
+        let metrics = Arc::new(Metrics::new());
+        let engine = engine(metrics.clone());
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens: Some(4),
+            seed: Some(1),
+            ..Default::default()
+        };
+        let jobs = vec![(vec![5u32, 6, 7], params)];
+        let first = Finished {
+            tokens: vec![],
+            text: "first answer".into(),
+            finish: FinishReason::Stop,
+            prompt_logprobs: vec![],
+        };
+        let timer = Timer::new(metrics.clone());
+        let conv = |_| vec![ChatMessage::new("user", "hi")];
+        let mut out = apply(
+            scores,
+            policy,
+            &engine,
+            &jobs,
+            vec![first],
+            &conv,
+            &timer,
+            60,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        out.remove(0)
+    }
+
+    #[tokio::test]
+    async fn under_the_threshold_passes() {
+        let g = gate(&Fixed::new(&[Some(-1.0)]), &policy(Action::Block)).await;
+        assert_eq!(g.text, "first answer");
+        assert_eq!(g.safety.unwrap().action, GateAction::Pass);
+        assert!(!g.candidates[0].blocked);
+    }
+
+    #[tokio::test]
+    async fn flagged_is_blocked_annotated_or_resampled() {
+        let g = gate(&Fixed::new(&[Some(1.0)]), &policy(Action::Block)).await;
+        assert_eq!(
+            (g.text.as_str(), g.finish_reason.as_str()),
+            ("refused", "content_filter")
+        );
+        assert_eq!(g.safety.as_ref().unwrap().action, GateAction::Block);
+        assert!(
+            g.candidates[0].blocked,
+            "the blocked answer is still logged, marked"
+        );
+
+        let g = gate(&Fixed::new(&[Some(1.0)]), &policy(Action::Annotate)).await;
+        let s = g.safety.unwrap();
+        assert_eq!(
+            (g.text.as_str(), s.action, s.flagged),
+            ("first answer", GateAction::Annotate, true)
+        );
+
+        // Two resamples: the first is flagged too, the second passes and is returned.
+        let g = gate(
+            &Fixed::new(&[Some(1.0), Some(2.0), Some(-0.5)]),
+            &policy(Action::Resample),
+        )
+        .await;
+        assert_eq!(g.safety.as_ref().unwrap().action, GateAction::Resample);
+        assert_eq!(g.finish_reason, "length", "the resampled answer ran to max_tokens");
+        let blocked: Vec<bool> = g.candidates.iter().map(|c| c.blocked).collect();
+        assert_eq!(blocked, [true, true, false]);
+        assert_eq!(g.tokens, g.candidates[2].tokens);
+
+        // Every resample flagged: blocked, with all three candidates logged.
+        let g = gate(
+            &Fixed::new(&[Some(1.0), Some(2.0), Some(3.0)]),
+            &policy(Action::Resample),
+        )
+        .await;
+        assert_eq!(g.finish_reason, "content_filter");
+        assert_eq!(g.candidates.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn scoring_failures_fail_closed_unless_told_otherwise() {
+        let g = gate(&Fixed::new(&[None]), &policy(Action::Annotate)).await;
+        assert_eq!(g.finish_reason, "content_filter");
+        let mut open = policy(Action::Block);
+        open.fail_open = true;
+        let g = gate(&Fixed::new(&[None]), &open).await;
+        assert_eq!(
+            (g.text.as_str(), g.safety.unwrap().action),
+            ("first answer", GateAction::Unscored)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_input_check_refuses_flagged_prompts_naming_the_field() {
+        let metrics = Metrics::new();
+        let conv = vec![ChatMessage::new("user", "hi")];
+        let p = policy(Action::Block);
+        assert!(check_input(
+            &Fixed::new(&[Some(-1.0)]),
+            &p,
+            conv.clone(),
+            "messages",
+            &metrics
+        )
+        .await
+        .is_ok());
+        let e = check_input(&Fixed::new(&[Some(1.0)]), &p, conv, "messages", &metrics)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.param.as_deref(), e.code),
+            (Some("messages"), Some("content_filter"))
+        );
+        assert_eq!(metrics.input_refusals.get(), 1);
+    }
 }

@@ -3,22 +3,7 @@
 //! `safeloop-serve [--model PATH] [--host H] [--port N] [--api-key K] [--config FILE] ...`
 //! serves HTTP; `safeloop-serve generate ...` runs the engine from the command line.
 
-mod api;
-mod choices;
-mod config;
-mod engine_task;
-mod error;
-mod gate;
-mod generate;
-mod logs;
-mod metrics;
-mod routes;
-mod safety;
-mod server;
-mod state;
-mod stream_gate;
-mod trajectory;
-mod validate;
+use safeloop_serve::{config, generate, logs, server};
 
 use clap::{Parser, Subcommand};
 

@@ -34,6 +34,14 @@ pub struct Metrics {
     pub log_bytes: IntGauge,
     pub log_fsyncs: IntGauge,
     pub log_fsync_seconds: prometheus::Gauge,
+    /// Model swaps by role (policy, cost, reward) and outcome (swapped, refused).
+    pub swaps: IntCounterVec,
+    /// Seconds per swap phase (fetch, load, validate, drain) by role.
+    pub swap_seconds: HistogramVec,
+    /// 1 for the version each role serves (registry name and version id).
+    pub model_version: IntGaugeVec,
+    /// Completion requests by the policy version that served them.
+    pub requests_by_version: IntCounterVec,
 }
 
 fn secs(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -192,6 +200,41 @@ impl Metrics {
                 "Time spent in trajectory log fsyncs",
             )
             .expect("valid"),
+            swaps: IntCounterVec::new(
+                Opts::new(
+                    "safeloop_model_swaps_total",
+                    "Model version changes by role and outcome (swapped, refused)",
+                ),
+                &["role", "outcome"],
+            )
+            .expect("valid"),
+            swap_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "safeloop_model_swap_phase_seconds",
+                    "Seconds per model swap phase (fetch, load, validate, drain)",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                ]),
+                &["role", "phase"],
+            )
+            .expect("valid"),
+            model_version: IntGaugeVec::new(
+                Opts::new(
+                    "safeloop_model_version_info",
+                    "The version each model role serves (value 1)",
+                ),
+                &["role", "name", "version"],
+            )
+            .expect("valid"),
+            requests_by_version: IntCounterVec::new(
+                Opts::new(
+                    "safeloop_requests_by_version_total",
+                    "Completion requests by the policy version that served them",
+                ),
+                &["version"],
+            )
+            .expect("valid"),
             registry: Registry::new(),
         };
         let r = &m.registry;
@@ -224,7 +267,13 @@ impl Metrics {
             Box::new(m.log_fsyncs.clone()),
             Box::new(m.log_fsync_seconds.clone()),
         ];
-        for c in all {
+        let extra: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.swaps.clone()),
+            Box::new(m.swap_seconds.clone()),
+            Box::new(m.model_version.clone()),
+            Box::new(m.requests_by_version.clone()),
+        ];
+        for c in all.into_iter().chain(extra) {
             r.register(c).expect("unique metric names");
         }
         m

@@ -3,6 +3,7 @@
 
 use crate::api::SafetyInfo;
 use safeloop_shared::scoring::{ScoreFormat, Scorer};
+use safeloop_shared::trajlog::GateAction;
 use safeloop_shared::{ChatMessage, LoadOptions};
 use std::path::Path;
 use tokio::sync::{mpsc, oneshot};
@@ -64,11 +65,37 @@ impl ScorerHandle {
     }
 }
 
-/// The score models the server loaded.
+/// What the gate needs from the score models: a trait, so the gate can be driven by fixed
+/// scores in tests.
+pub trait Scores: Sync {
+    /// Whether a cost model is loaded (without one the gate has nothing to act on).
+    fn has_cost(&self) -> bool;
+    /// Scores each item; `None` per item when no model is loaded, `action: unscored` when
+    /// scoring failed.
+    fn annotate(
+        &self,
+        items: Vec<Item>,
+    ) -> impl std::future::Future<Output = Vec<Option<SafetyInfo>>> + Send;
+}
+
+impl Scores for Safety {
+    fn has_cost(&self) -> bool {
+        self.cost.is_some()
+    }
+
+    async fn annotate(&self, items: Vec<Item>) -> Vec<Option<SafetyInfo>> {
+        Safety::annotate(self, items).await
+    }
+}
+
+/// The score models the server loaded, with their versions.
 #[derive(Clone, Default)]
 pub struct Safety {
     pub cost: Option<ScorerHandle>,
     pub reward: Option<ScorerHandle>,
+    /// Version ids (content hashes) of the cost and reward models.
+    pub cost_version: Option<String>,
+    pub reward_version: Option<String>,
     /// Cost above this is flagged (cost > 0 means unsafe).
     pub threshold: f32,
 }
@@ -104,7 +131,11 @@ impl Safety {
                     cost: c,
                     reward: r,
                     flagged,
-                    action: if failed { "unscored" } else { "annotate" }.into(),
+                    action: if failed {
+                        GateAction::Unscored
+                    } else {
+                        GateAction::Annotate
+                    },
                     checked_offset: None,
                 })
             })

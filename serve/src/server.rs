@@ -2,9 +2,8 @@
 //! model loading and graceful shutdown.
 
 use crate::config::ServeConfig;
-use crate::engine_task::EngineHandle;
 use crate::error::ApiError;
-use crate::routes::{chat, completions, models, system};
+use crate::routes::{admin, chat, completions, models, system};
 use crate::state::{AppState, Shared};
 use crate::validate::BodyLimit;
 use anyhow::{Context, Result};
@@ -14,8 +13,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use safeloop_shared::engine::EngineConfig;
-use safeloop_shared::{load_causal_lm, LoadOptions};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,11 +32,30 @@ use utoipa::OpenApi;
         crate::routes::moderations::moderations,
         system::health,
         system::metrics,
-        system::openapi
+        system::openapi,
+        admin::list,
+        admin::reload,
+        admin::pin,
+        admin::rollback
     ),
-    components(schemas(crate::api::ErrorResponse, crate::api::ChatCompletionChunk))
+    components(schemas(crate::api::ErrorResponse, crate::api::ChatCompletionChunk)),
+    modifiers(&AdminKeyScheme)
 )]
 struct ApiDoc;
+
+/// Declares the admin API's bearer key (`--admin-key`).
+struct AdminKeyScheme;
+
+impl utoipa::Modify for AdminKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
@@ -84,27 +100,39 @@ async fn count(State(st): State<Shared>, req: Request, next: Next) -> Response {
     resp
 }
 
+/// Whether the request carries `Authorization: Bearer <key>`.
+fn bearer_matches(req: &Request, key: &str) -> bool {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Length-independent comparison time is not a goal here; equality is.
+    given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+}
+
 /// Bearer-token check for /v1 routes when `--api-key` is set.
 async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.cfg.api_key {
-        let given = req
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Length-independent comparison time is not a goal here; equality is.
-        let ok = given.len() == key.len()
-            && given
-                .bytes()
-                .zip(key.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0;
-        if !ok {
+        if !bearer_matches(&req, key) {
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(req).await
+}
+
+/// The admin API's own key (`--admin-key`; the routes exist only when it is set).
+async fn admin_auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    match &st.cfg.admin_key {
+        Some(key) if bearer_matches(&req, key) => next.run(req).await,
+        _ => ApiError::unauthorized().into_response(),
+    }
 }
 
 async fn not_found(req: Request) -> Response {
@@ -139,9 +167,17 @@ pub fn router(state: Shared) -> Router {
             post(crate::routes::moderations::moderations),
         )
         .layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/health", get(system::health))
+    let mut app = Router::new().nest("/v1", v1);
+    if state.cfg.admin_key.is_some() {
+        let admin = Router::new()
+            .route("/models", get(admin::list))
+            .route("/models/{name}/reload", post(admin::reload))
+            .route("/models/{name}/swap", post(admin::pin))
+            .route("/models/{name}/rollback", post(admin::rollback))
+            .layer(middleware::from_fn_with_state(state.clone(), admin_auth));
+        app = app.nest("/admin/v1", admin);
+    }
+    app.route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi))
         .fallback(not_found)
@@ -151,122 +187,6 @@ pub fn router(state: Shared) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
-}
-
-/// A cheap, stable weight version: the pinned sha256 for the default model, else a digest
-/// of the config and the weight files' names and sizes.
-fn fingerprint(cfg: &ServeConfig) -> String {
-    use sha2::{Digest, Sha256};
-    if cfg.default_model {
-        return format!(
-            "fp_{}",
-            &safeloop_shared::assets::DEFAULT_MODEL_SHA256[..12]
-        );
-    }
-    let mut h = Sha256::new();
-    let path = &cfg.model;
-    if path.is_dir() {
-        if let Ok(c) = std::fs::read(path.join("config.json")) {
-            h.update(&c);
-        }
-        let mut files: Vec<_> = std::fs::read_dir(path)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-            .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0)))
-            .collect();
-        files.sort();
-        for (name, len) in files {
-            h.update(name.to_string_lossy().as_bytes());
-            h.update(len.to_le_bytes());
-        }
-    } else if let Ok(m) = std::fs::metadata(path) {
-        h.update(
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        h.update(m.len().to_le_bytes());
-    }
-    let d = h.finalize();
-    format!(
-        "fp_{}",
-        d.iter()
-            .take(6)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    )
-}
-
-fn load(state: &Shared, device: candle_core::Device) -> Result<()> {
-    let cfg = &state.cfg;
-    // Lets tests observe the loading phase (/health 503) with a tiny model.
-    if let Some(ms) = std::env::var("SAFELOOP_TEST_LOAD_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-    let opts = LoadOptions {
-        device,
-        sha256: cfg
-            .default_model
-            .then(|| safeloop_shared::assets::DEFAULT_MODEL_SHA256.to_string()),
-        host_kernels: cfg.host_kernels,
-        ..Default::default()
-    };
-    let t = std::time::Instant::now();
-    let loaded = load_causal_lm(&cfg.model, &opts).with_context(|| {
-        if cfg.default_model {
-            format!(
-                "loading the default model {} (scripts/setup.sh fetches it)",
-                cfg.model.display()
-            )
-        } else {
-            format!("loading {}", cfg.model.display())
-        }
-    })?;
-    let safety = crate::safety::Safety {
-        cost: cfg
-            .cost_model
-            .as_deref()
-            .map(|p| crate::safety::ScorerHandle::start(p, "cost", cfg.score_format))
-            .transpose()?,
-        reward: cfg
-            .reward_model
-            .as_deref()
-            .map(|p| crate::safety::ScorerHandle::start(p, "reward", cfg.score_format))
-            .transpose()?,
-        threshold: cfg.gate.threshold,
-    };
-    let _ = state.safety.set(safety);
-    let fp = fingerprint(cfg);
-    state
-        .metrics
-        .model_info
-        .with_label_values(&[
-            &cfg.served_model_name,
-            &fp,
-            &cfg.model.display().to_string(),
-        ])
-        .set(1);
-    let _ = state.fingerprint.set(fp);
-    let engine_cfg = EngineConfig {
-        max_running: cfg.max_running,
-        max_batch_tokens: cfg.max_batch_tokens,
-        max_context: cfg.max_total_tokens,
-        prefix_cache_tokens: cfg.prefix_cache_tokens,
-    };
-    let handle = EngineHandle::start(
-        loaded.model,
-        loaded.tokenizer,
-        engine_cfg,
-        state.metrics.clone(),
-    );
-    let _ = state.engine.set(handle);
-    tracing::info!(model = %cfg.model.display(), secs = t.elapsed().as_secs_f64(), "model ready");
-    Ok(())
 }
 
 async fn shutdown_signal(state: Shared) {
@@ -305,15 +225,18 @@ pub async fn serve(cfg: ServeConfig, device: candle_core::Device) -> Result<()> 
         ),
         None => None,
     };
-    let state: Shared = Arc::new(AppState::new(cfg, log));
-    // Serve /health (503 "loading") while the model loads.
+    let state: Shared = Arc::new(AppState::new(cfg, device, log));
+    // Serve /health (503 "loading") while the models load; then follow the registry.
     let loader = state.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = load(&loader, device) {
+    tokio::spawn(async move {
+        let t = std::time::Instant::now();
+        if let Err(e) = crate::swap::load_initial(&loader).await {
             eprintln!("error: {e:#}");
             std::process::exit(1);
         }
+        tracing::info!(secs = t.elapsed().as_secs_f64(), "models ready");
         eprintln!("safeloop-serve: ready");
+        crate::swap::follow(loader).await;
     });
     eprintln!("safeloop-serve: listening on http://{local}");
     let app = router(state.clone());

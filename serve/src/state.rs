@@ -1,26 +1,53 @@
-//! Shared server state.
+//! Shared server state. The served policy and score models are versions that can be
+//! swapped while the server runs: a request takes a snapshot (an `Arc`) of each when it is
+//! admitted and keeps it to the end, so it never mixes versions, and an old version is
+//! dropped when its last request ends.
 
 use crate::config::ServeConfig;
 use crate::engine_task::EngineHandle;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::safety::Safety;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
+
+/// One loaded policy version and its engine (its own KV and prefix caches).
+pub struct PolicyVersion {
+    /// Registry model name (or the file's stem).
+    pub name: String,
+    /// The content hash: the registry version id (same bytes ⇒ same id).
+    pub version: String,
+    /// Where it was loaded from.
+    pub source: String,
+    pub engine: EngineHandle,
+    pub loaded_ms: u64,
+}
+
+impl PolicyVersion {
+    /// `system_fingerprint`: the version id.
+    pub fn fingerprint(&self) -> String {
+        format!("fp_{}", self.version)
+    }
+}
 
 pub struct AppState {
     pub cfg: ServeConfig,
+    /// Where models run (cpu, cuda:N).
+    pub device: candle_core::Device,
     pub metrics: Arc<Metrics>,
-    /// Set once the model has loaded; until then /v1 routes answer 503.
-    pub engine: OnceLock<EngineHandle>,
-    /// The weight version reported as `system_fingerprint`.
-    pub fingerprint: OnceLock<String>,
+    /// The serving policy; `None` until the first version loaded (/v1 routes answer 503).
+    pub policy: RwLock<Option<Arc<PolicyVersion>>>,
+    /// The serving cost / reward models.
+    pub safety: RwLock<Safety>,
+    /// Each model role's source, status and swap lock.
+    pub swaps: crate::swap::Swaps,
     pub shutting_down: AtomicBool,
+    /// Set once every model's first version is loaded: until then /v1 routes answer 503.
+    pub ready: AtomicBool,
     /// Unix time the server started (models' `created`).
     pub started: u64,
     /// The trajectory log, when `--log-dir` is set.
     pub log: Option<Arc<safeloop_shared::trajlog::LogWriter>>,
-    /// Cost / reward models (set with the policy once loaded).
-    pub safety: OnceLock<crate::safety::Safety>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -32,15 +59,25 @@ pub fn unix_now() -> u64 {
 }
 
 impl AppState {
-    pub fn new(cfg: ServeConfig, log: Option<Arc<safeloop_shared::trajlog::LogWriter>>) -> Self {
+    pub fn new(
+        cfg: ServeConfig,
+        device: candle_core::Device,
+        log: Option<Arc<safeloop_shared::trajlog::LogWriter>>,
+    ) -> Self {
+        let swaps = crate::swap::Swaps::new(&cfg);
         Self {
+            device,
             log,
-            safety: OnceLock::new(),
+            safety: RwLock::new(Safety {
+                threshold: cfg.gate.threshold,
+                ..Default::default()
+            }),
+            swaps,
             cfg,
             metrics: Arc::new(Metrics::new()),
-            engine: OnceLock::new(),
-            fingerprint: OnceLock::new(),
+            policy: RwLock::new(None),
             shutting_down: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             started: unix_now(),
         }
     }
@@ -49,22 +86,30 @@ impl AppState {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
-    /// The engine, or 503 while loading or shutting down.
-    pub fn engine(&self) -> Result<&EngineHandle, ApiError> {
+    /// Whether the policy and the score models have their first versions.
+    pub fn is_loaded(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The serving policy version, or 503 while loading or shutting down.
+    pub fn policy(&self) -> Result<Arc<PolicyVersion>, ApiError> {
         if self.is_shutting_down() {
             return Err(ApiError::unavailable("the server is shutting down"));
         }
-        self.engine
-            .get()
-            .ok_or_else(|| ApiError::unavailable("the model is still loading"))
+        let loading = || ApiError::unavailable("the model is still loading");
+        if !self.is_loaded() {
+            return Err(loading());
+        }
+        self.policy
+            .read()
+            .expect("policy lock")
+            .clone()
+            .ok_or_else(loading)
     }
 
-    pub fn safety(&self) -> crate::safety::Safety {
-        self.safety.get().cloned().unwrap_or_default()
-    }
-
-    pub fn fingerprint(&self) -> String {
-        self.fingerprint.get().cloned().unwrap_or_default()
+    /// The serving score models (a snapshot).
+    pub fn safety(&self) -> Safety {
+        self.safety.read().expect("safety lock").clone()
     }
 
     /// 404 unless `model` names the served model.

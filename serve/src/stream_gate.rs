@@ -9,9 +9,10 @@ use crate::choices::{self, Timer};
 use crate::engine_task::{EngineHandle, SeqStream};
 use crate::gate::{Candidate, GatePolicy};
 use crate::metrics::Metrics;
-use crate::safety::Safety;
+use crate::safety::Scores;
 use axum::response::sse::Event;
 use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams};
+use safeloop_shared::trajlog::GateAction;
 use safeloop_shared::ChatMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -48,7 +49,7 @@ pub async fn run(
     timer: Arc<Timer>,
     metrics: &Metrics,
     tx: &mpsc::Sender<Event>,
-    safety: &Safety,
+    safety: &impl Scores,
     policy: &GatePolicy,
     window: usize,
     conv: &(dyn Fn(usize) -> Vec<ChatMessage> + Sync),
@@ -87,7 +88,7 @@ pub async fn run(
             .remove(0);
         metrics.gate_latency.observe(t0.elapsed().as_secs_f64());
         let s = s.expect("gated streams have a cost model");
-        let unscored = s.action == "unscored";
+        let unscored = s.action == GateAction::Unscored;
         let flagged = s.cost.is_some_and(|c| c > policy.threshold);
         st.since_check = 0;
         if let Some(c) = s.cost {
@@ -106,7 +107,7 @@ pub async fn run(
                 tokens: vec![],
                 finish_reason: Some("content_filter".into()),
                 safety: Some(SafetyInfo {
-                    action: "block".into(),
+                    action: GateAction::Block,
                     flagged: true,
                     checked_offset: Some(st.released.len()),
                     ..s.clone()
@@ -131,7 +132,11 @@ pub async fn run(
                 tokens: std::mem::take(&mut st.pending_tokens),
                 finish_reason: u.finished.map(choices::finish_reason),
                 safety: Some(SafetyInfo {
-                    action: if unscored { "unscored" } else { "pass" }.into(),
+                    action: if unscored {
+                        GateAction::Unscored
+                    } else {
+                        GateAction::Pass
+                    },
                     checked_offset: Some(st.released.len()),
                     ..s.clone()
                 }),
@@ -152,9 +157,9 @@ pub async fn run(
                 finish: st.finish.unwrap_or(FinishReason::Stop),
                 safety: st.last.map(|s| SafetyInfo {
                     action: if st.blocked {
-                        "block".into()
+                        GateAction::Block
                     } else {
-                        s.action.clone()
+                        s.action
                     },
                     flagged: st.blocked,
                     checked_offset: st.windows.last().copied(),

@@ -3,23 +3,37 @@
 use crate::choices::Timer;
 use crate::error::ApiError;
 use crate::gate::Candidate;
-use crate::state::{unix_now, Shared};
+use crate::safety::Safety;
+use crate::state::{unix_now, PolicyVersion, Shared};
 use safeloop_shared::engine::SamplingParams;
-use safeloop_shared::trajlog::{GateDecision, Latencies, TrajectoryRecord};
+use safeloop_shared::trajlog::{GateAction, GateDecision, Latencies, TrajectoryRecord};
+use std::sync::Arc;
 
-/// What a request submitted: one (prompt ids, sampling params) per choice.
+/// What a request submitted: one (prompt ids, sampling params) per choice, and the model
+/// versions it was admitted with (held until it is logged, so that version stays loaded).
 pub struct RequestInfo {
     pub request_id: String,
     pub created_ms: u64,
     pub jobs: Vec<(Vec<u32>, SamplingParams)>,
+    pub policy: Arc<PolicyVersion>,
+    pub cost_version: Option<String>,
+    pub reward_version: Option<String>,
 }
 
 impl RequestInfo {
-    pub fn new(request_id: String, jobs: &[(Vec<u32>, SamplingParams)]) -> Self {
+    pub fn new(
+        request_id: String,
+        jobs: &[(Vec<u32>, SamplingParams)],
+        policy: Arc<PolicyVersion>,
+        safety: &Safety,
+    ) -> Self {
         Self {
             request_id,
             created_ms: unix_now() * 1000,
             jobs: jobs.to_vec(),
+            policy,
+            cost_version: safety.cost_version.clone(),
+            reward_version: safety.reward_version.clone(),
         }
     }
 }
@@ -60,7 +74,9 @@ pub async fn record(
                 created_ms: info.created_ms,
                 finished_ms,
                 model: st.cfg.served_model_name.clone(),
-                weight_version: st.fingerprint(),
+                weight_version: info.policy.version.clone(),
+                cost_version: info.cost_version.clone(),
+                reward_version: info.reward_version.clone(),
                 prompt_ids: prompt.clone(),
                 output_ids: tokens.iter().map(|t| t.id).collect(),
                 logprobs: tokens.iter().map(|t| t.logprob).collect(),
@@ -69,7 +85,7 @@ pub async fn record(
                 reward: safety.as_ref().and_then(|s| s.reward),
                 cost: safety.as_ref().and_then(|s| s.cost),
                 gate: GateDecision {
-                    action: safety.as_ref().map_or("off".into(), |s| s.action.clone()),
+                    action: safety.as_ref().map_or(GateAction::Off, |s| s.action),
                     flagged: safety.as_ref().is_some_and(|s| s.flagged),
                     checked_offset: safety.as_ref().and_then(|s| s.checked_offset).unwrap_or(0),
                     ..Default::default()

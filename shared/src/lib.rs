@@ -10,6 +10,7 @@ pub mod loader;
 pub mod math;
 pub mod model;
 pub mod quant;
+pub mod registry;
 pub mod rope;
 pub mod runtime;
 pub mod scoring;

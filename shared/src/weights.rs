@@ -246,3 +246,47 @@ impl GgufWeights {
         Ok(self.qtensor(hf_name, shape)?.dequantize(&self.device)?)
     }
 }
+
+/// Fails naming the first tensor of an HF directory's safetensors files that holds a NaN or
+/// an infinity (f32, f16 and bf16 tensors are checked; integer tensors cannot).
+pub fn check_finite(dir: &Path) -> Result<()> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    for f in files {
+        let file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        // SAFETY: read-only map of a file nobody writes while it is checked (a published
+        // version is immutable).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&f, e))?;
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| Error::Safetensors {
+            path: f.clone(),
+            msg: e.to_string(),
+        })?;
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let bad = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .any(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .any(|b| !half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .any(|b| !half::bf16::from_le_bytes([b[0], b[1]]).is_finite()),
+                _ => false,
+            };
+            if bad {
+                return Err(Error::Safetensors {
+                    path: f.clone(),
+                    msg: format!("tensor `{name}` holds NaN or infinite values"),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -13,6 +13,8 @@ fn rec(i: u32) -> TrajectoryRecord {
         finished_ms: 1_700_000_000_100 + i as u64,
         model: "m".into(),
         weight_version: "fp_test".into(),
+        cost_version: None,
+        reward_version: None,
         prompt_ids: (0..20).map(|t| t + i).collect(),
         output_ids: vec![i, i + 1, i + 2],
         logprobs: vec![-0.5, -1.25, -0.125],
@@ -24,7 +26,7 @@ fn rec(i: u32) -> TrajectoryRecord {
         reward: Some(0.5),
         cost: Some(-1.0 + i as f32),
         gate: GateDecision {
-            action: "pass".into(),
+            action: safeloop_shared::trajlog::GateAction::Pass,
             ..Default::default()
         },
         blocked: i.is_multiple_of(5),

@@ -183,6 +183,21 @@ pub fn run_train(args: &[&str]) -> (bool, String, String) {
     run_train_with_threads(args, 1)
 }
 
+/// Runs `safeloop-train` (one libtorch thread) with extra environment variables; returns (success, stdout, stderr).
+pub fn run_train_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(bin("safeloop-train"))
+        .args(args)
+        .env("SAFELOOP_TRAIN_THREADS", "1")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run safeloop-train");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
 /// Runs `safeloop-train` with `threads` libtorch threads (SmolLM2-sized work wants every core); returns
 /// (success, stdout, stderr).
 pub fn run_train_with_threads(args: &[&str], threads: usize) -> (bool, String, String) {

@@ -86,8 +86,10 @@ fn default_config_serves_smollm2_with_the_cost_model_annotating() {
     let server = Server::start_in(&root, &["--config", "config/serve.toml"]);
     let body = json!({"model": "SmolLM2-135M-Instruct", "temperature": 0, "max_tokens": 16,
         "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let request_id = format!("default-config-{}", std::process::id());
     let r: Value = reqwest::blocking::Client::new()
         .post(server.url("/v1/chat/completions"))
+        .header("x-request-id", &request_id)
         .json(&body)
         .send()
         .unwrap()
@@ -117,4 +119,30 @@ fn default_config_serves_smollm2_with_the_cost_model_annotating() {
         .json()
         .unwrap();
     assert_eq!(m["results"].as_array().unwrap().len(), 2, "{m}");
+
+    // The loop's first step: both models come from the local registry's champions, and the
+    // answer above is in the trajectory log with those versions.
+    let models: Value = reqwest::blocking::get(server.url("/v1/models"))
+        .unwrap()
+        .json()
+        .unwrap();
+    let version = models["data"][0]["version"].as_str().unwrap().to_string();
+    let reg =
+        safeloop_shared::registry::Registry::open(root.join("assets/registry").to_str().unwrap())
+            .unwrap();
+    assert_eq!(
+        reg.alias("smollm2", "champion").unwrap(),
+        Some(version.clone())
+    );
+    let cost_version = reg.alias("cost-smollm2", "champion").unwrap();
+    assert_eq!(r["system_fingerprint"], format!("fp_{version}"));
+    let (records, _) = safeloop_shared::trajlog::LogReader::new(root.join("runs/trajectories"))
+        .read_since(Default::default(), true)
+        .unwrap();
+    let mine = records
+        .iter()
+        .find(|rec| rec.request_id == request_id)
+        .expect("the answer is logged");
+    assert_eq!(mine.weight_version, version);
+    assert_eq!(mine.cost_version, cost_version);
 }

@@ -24,6 +24,9 @@ use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct DpoArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub publish: crate::registry_cmd::PublishArgs,
     #[arg(long)]
     pub model: PathBuf,
     /// Helpfulness pairs: PKU-SafeRLHF (`better_response_id`) or HH-RLHF files.

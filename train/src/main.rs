@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use safeloop_shared::config::Head;
+use safeloop_shared::registry::ModelKind;
 use safeloop_shared::{load_causal_lm, load_score_model, LoadOptions, ModelConfig};
 use std::path::PathBuf;
 
@@ -63,6 +64,9 @@ enum Command {
     Dpo(Box<safeloop_train::dpo::DpoArgs>),
     /// Evaluate a policy with the cost (and reward) model: harmful ratio, means, arena against a second policy, plots.
     Eval(Box<safeloop_train::evaluate::EvalArgs>),
+    /// The model registry: list, show, publish, promote, rollback, gc.
+    #[command(subcommand)]
+    Registry(safeloop_train::registry_cmd::RegistryCommand),
     /// Rebuild a model from a base directory and an adapter written by --adapter-out.
     Merge {
         #[arg(long)]
@@ -129,7 +133,13 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::TrainScore(args) => {
-            let summary = safeloop_train::score::train::run(&args)?;
+            let mut summary = safeloop_train::score::train::run(&args)?;
+            let kind = match args.kind {
+                safeloop_train::data::preference::ScoreKind::Reward => ModelKind::Reward,
+                safeloop_train::data::preference::ScoreKind::Cost => ModelKind::Cost,
+            };
+            args.publish
+                .apply(&args.out.join("model"), kind, &mut summary)?;
             println!("{summary}");
         }
         Command::EvalScore(args) => {
@@ -138,7 +148,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Sft(args) => {
-            let summary = safeloop_train::sft::run(&args)?;
+            let mut summary = safeloop_train::sft::run(&args)?;
+            args.publish
+                .apply(&args.out.join("model"), ModelKind::Policy, &mut summary)?;
             println!("{summary}");
         }
         Command::Data(cmd) => {
@@ -147,7 +159,11 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::PpoLag(args) => {
-            let r = safeloop_train::ppo::run(&args, safeloop_train::ppo::Algorithm::PpoLag, None)?;
+            let mut r =
+                safeloop_train::ppo::run(&args, safeloop_train::ppo::Algorithm::PpoLag, None)?;
+            let policy = PathBuf::from(r.summary["policy"].as_str().unwrap_or_default());
+            args.publish
+                .apply(&policy, ModelKind::Policy, &mut r.summary)?;
             println!("{}", r.summary);
         }
         Command::Ppo {
@@ -169,12 +185,19 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", safeloop_train::bench::run(&args)?);
         }
         Command::Dpo(args) => {
-            let summary = safeloop_train::dpo::run(&args)?;
+            let mut summary = safeloop_train::dpo::run(&args)?;
+            args.publish
+                .apply(&args.out.join("model"), ModelKind::Policy, &mut summary)?;
             println!("{summary}");
         }
         Command::Eval(args) => {
             let summary = safeloop_train::evaluate::run(&args)?;
             println!("{summary}");
+        }
+        Command::Registry(cmd) => {
+            for line in safeloop_train::registry_cmd::run(&cmd)? {
+                println!("{line}");
+            }
         }
         Command::Merge {
             base,

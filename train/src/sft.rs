@@ -26,6 +26,9 @@ use tch::Tensor;
 
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct SftArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub publish: crate::registry_cmd::PublishArgs,
     /// The policy to fine-tune (HF directory; `convert` makes one from a GGUF).
     #[arg(long)]
     pub model: PathBuf,

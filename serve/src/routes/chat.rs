@@ -6,7 +6,7 @@ use crate::choices::{self, finish_reason, random_id, Timer};
 use crate::error::ApiError;
 use crate::gate;
 use crate::server::RequestId;
-use crate::state::{unix_now, Shared};
+use crate::state::{unix_now, PolicyVersion, Shared};
 use crate::stream_gate;
 use crate::trajectory::{self, RequestInfo};
 use crate::validate::{chat_prompt, check_lengths, sampling, ApiJson};
@@ -17,6 +17,7 @@ use axum::Json;
 use safeloop_shared::engine::FinishReason;
 use safeloop_shared::engine::SampledToken;
 use safeloop_shared::Tokenizer;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 fn logprobs(tok: &Tokenizer, tokens: &[SampledToken]) -> ChatLogprobs {
@@ -59,18 +60,26 @@ pub async fn chat_completions(
     Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Response {
-    match handle(st, rid.0, req).await {
+    let served = match st.policy() {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let version = served.version.clone();
+    let mut resp = match handle(st.clone(), served, rid.0, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
-    }
+    };
+    super::stamp_version(&st, &mut resp, &version);
+    resp
 }
 
 async fn handle(
     st: Shared,
+    served: Arc<PolicyVersion>,
     request_id: String,
     req: ChatCompletionRequest,
 ) -> Result<Response, ApiError> {
-    let engine = st.engine()?.clone();
+    let engine = served.engine.clone();
     st.check_model(&req.model)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_request(
@@ -122,12 +131,12 @@ async fn handle(
         .map(|i| (prompt.clone(), seeded(&params, i)))
         .collect();
     let timer = Timer::new(st.metrics.clone());
-    let info = RequestInfo::new(request_id, &jobs);
+    let info = RequestInfo::new(request_id, &jobs, served.clone(), &safety);
     let streams = choices::submit_all(&engine, jobs).await?;
     let id = random_id("chatcmpl");
     let created = unix_now();
     let model = st.cfg.served_model_name.clone();
-    let fingerprint = st.fingerprint();
+    let fingerprint = served.fingerprint();
     let tok = engine.tokenizer.clone();
     let chunks = ChatChunks {
         id: id.clone(),

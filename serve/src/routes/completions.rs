@@ -6,7 +6,7 @@ use crate::choices::{self, finish_reason, random_id, Timer};
 use crate::error::ApiError;
 use crate::gate;
 use crate::server::RequestId;
-use crate::state::{unix_now, Shared};
+use crate::state::{unix_now, PolicyVersion, Shared};
 use crate::stream_gate;
 use crate::trajectory::{self, RequestInfo};
 use crate::validate::{check_lengths, completion_prompts, sampling, ApiJson};
@@ -17,6 +17,7 @@ use axum::Json;
 use safeloop_shared::engine::FinishReason;
 use safeloop_shared::engine::{PromptLogprob, SampledToken};
 use safeloop_shared::{ChatMessage, Tokenizer};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// OpenAI's default for this endpoint.
@@ -71,18 +72,26 @@ pub async fn completions(
     Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Response {
-    match handle(st, rid.0, req).await {
+    let served = match st.policy() {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let version = served.version.clone();
+    let mut resp = match handle(st.clone(), served, rid.0, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
-    }
+    };
+    super::stamp_version(&st, &mut resp, &version);
+    resp
 }
 
 async fn handle(
     st: Shared,
+    served: Arc<PolicyVersion>,
     request_id: String,
     req: CompletionRequest,
 ) -> Result<Response, ApiError> {
-    let engine = st.engine()?.clone();
+    let engine = served.engine.clone();
     st.check_model(&req.model)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request(
@@ -150,13 +159,13 @@ async fn handle(
     admit(&st, engine.in_flight(), jobs.len())?;
     let n = s.n as usize;
     let timer = Timer::new(st.metrics.clone());
-    let info = RequestInfo::new(request_id, &jobs);
+    let info = RequestInfo::new(request_id, &jobs, served.clone(), &safety);
     let streams = choices::submit_all(&engine, jobs).await?;
     let head = CompletionHead {
         id: random_id("cmpl"),
         created: unix_now(),
         model: st.cfg.served_model_name.clone(),
-        fingerprint: st.fingerprint(),
+        fingerprint: served.fingerprint(),
     };
     let echo = req.echo;
 

@@ -12,6 +12,7 @@ fn card(st: &Shared) -> ModelCard {
         object: "model".into(),
         created: st.started,
         owned_by: "safeloop".into(),
+        version: st.policy().ok().map(|p| p.version.clone()),
     }
 }
 

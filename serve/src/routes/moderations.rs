@@ -20,7 +20,7 @@ pub async fn moderations(
     State(st): State<Shared>,
     ApiJson(req): ApiJson<ModerationRequest>,
 ) -> Result<Json<ModerationResponse>, ApiError> {
-    st.engine()?;
+    st.policy()?;
     let safety = st.safety();
     let Some(cost) = safety.cost.clone() else {
         let mut e = ApiError::bad_request(

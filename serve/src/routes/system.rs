@@ -12,7 +12,7 @@ use axum::Json;
 pub async fn health(State(st): State<Shared>) -> Response {
     let (code, status) = if st.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
-    } else if st.engine.get().is_none() {
+    } else if !st.is_loaded() {
         (StatusCode::SERVICE_UNAVAILABLE, "loading")
     } else {
         (StatusCode::OK, "ok")

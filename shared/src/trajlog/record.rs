@@ -3,11 +3,42 @@
 use crate::engine::SamplingParams;
 use serde::{Deserialize, Serialize};
 
+/// What the safety gate did with a choice (serialized in lowercase, as the API shows it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateAction {
+    /// No score model: nothing was gated.
+    #[default]
+    Off,
+    /// Scored under the threshold.
+    Pass,
+    /// Flagged and returned as is (annotate mode).
+    Annotate,
+    /// A resampled candidate under the threshold replaced a flagged one.
+    Resample,
+    /// Flagged (or unscored, failing closed) and withheld.
+    Block,
+    /// Scoring failed and the choice passed (fail-open).
+    Unscored,
+}
+
+impl GateAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateAction::Off => "off",
+            GateAction::Pass => "pass",
+            GateAction::Annotate => "annotate",
+            GateAction::Resample => "resample",
+            GateAction::Block => "block",
+            GateAction::Unscored => "unscored",
+        }
+    }
+}
+
 /// What the safety gate decided for a choice.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GateDecision {
-    /// `pass`, `block`, `resample`, `annotate`, `unscored` (or `off` without a gate).
-    pub action: String,
+    pub action: GateAction,
     pub flagged: bool,
     /// Bytes of the response text that had been checked (streamed windows).
     pub checked_offset: usize,
@@ -30,7 +61,13 @@ pub struct TrajectoryRecord {
     pub created_ms: u64,
     pub finished_ms: u64,
     pub model: String,
+    /// The policy version that generated the choice (registry version id / content hash).
     pub weight_version: String,
+    /// Versions of the cost and reward models that scored it (when loaded).
+    #[serde(default)]
+    pub cost_version: Option<String>,
+    #[serde(default)]
+    pub reward_version: Option<String>,
     /// The rendered prompt as token ids (chat template applied).
     pub prompt_ids: Vec<u32>,
     pub output_ids: Vec<u32>,

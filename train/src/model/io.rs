@@ -185,11 +185,61 @@ pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) 
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     fill(&tmp)?;
+    if dir.exists() && exchange_dirs(&tmp, dir)? {
+        // `dir` is the new directory now and `tmp` holds the old one.
+        return std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("removing the replaced {}", tmp.display()));
+    }
     if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+        // No atomic exchange on this file system: the old directory moves aside first.
+        let old = dir.with_extension("old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
+        std::fs::rename(&tmp, dir)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+        return std::fs::remove_dir_all(&old)
+            .with_context(|| format!("removing the replaced {}", old.display()));
     }
     std::fs::rename(&tmp, dir)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))
+}
+
+/// Swaps two directories in one step (Linux `renameat2(RENAME_EXCHANGE)`), so a reader
+/// always finds either the old or the new `b`. `false` where the file system cannot.
+#[cfg(target_os = "linux")]
+fn exchange_dirs(a: &Path, b: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; renameat2 does not keep them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(anyhow::anyhow!(
+            "exchanging {} and {}: {err}",
+            a.display(),
+            b.display()
+        )),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange_dirs(_a: &Path, _b: &Path) -> Result<bool> {
+    Ok(false)
 }
 
 /// The files of [`save_hf_dir`], written into `tmp` (the future `dir`).

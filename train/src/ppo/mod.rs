@@ -40,6 +40,9 @@ pub enum Algorithm {
 
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct PpoArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub publish: crate::registry_cmd::PublishArgs,
     /// The actor (HF directory; `convert` makes one from a GGUF). The frozen reference is a copy.
     #[arg(long)]
     pub actor: PathBuf,

@@ -26,6 +26,9 @@ use std::time::Instant;
 
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct TrainScoreArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub publish: crate::registry_cmd::PublishArgs,
     /// Backbone: an HF policy directory (a fresh score head is added) or a score-model directory (trained on).
     #[arg(long)]
     pub model: PathBuf,
