@@ -1,7 +1,7 @@
 //! OpenAI wire types (requests and responses), with OpenAPI schemas.
 
-use serde::{Deserialize, Serialize};
 use safeloop_shared::trajlog::GateAction;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// A string or a list of strings (`stop`).

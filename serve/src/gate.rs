@@ -453,7 +453,10 @@ mod tests {
         )
         .await;
         assert_eq!(g.safety.as_ref().unwrap().action, GateAction::Resample);
-        assert_eq!(g.finish_reason, "length", "the resampled answer ran to max_tokens");
+        assert_eq!(
+            g.finish_reason, "length",
+            "the resampled answer ran to max_tokens"
+        );
         let blocked: Vec<bool> = g.candidates.iter().map(|c| c.blocked).collect();
         assert_eq!(blocked, [true, true, false]);
         assert_eq!(g.tokens, g.candidates[2].tokens);

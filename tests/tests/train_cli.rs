@@ -31,10 +31,26 @@ fn sft_learns_the_assistant_turns_and_writes_a_servable_policy() {
         "128",
         "--warmup-ratio",
         "0",
+        "--publish",
+        &format!("{}/policy", dir.join("registry").display()),
     ]);
     assert!(ok, "sft failed: {err}");
     let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(summary["examples"], 6);
+    // --publish: the trained model is a registry version (content hash of what was written),
+    // with its command in the manifest; no alias moved.
+    let published = &summary["published"];
+    let version = published["version"].as_str().unwrap();
+    assert_eq!(
+        version,
+        safeloop_shared::registry::content_version(&out.join("model")).unwrap()
+    );
+    assert_eq!(published["kind"], "policy");
+    let reg =
+        safeloop_shared::registry::Registry::open(dir.join("registry").to_str().unwrap()).unwrap();
+    let m = reg.manifest("policy", version).unwrap();
+    assert!(m.produced_by.command.unwrap().contains(" sft "));
+    assert!(reg.aliases("policy").unwrap().is_empty());
     let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -1,24 +1,23 @@
 //! `POST /v1/chat/completions`.
 
-use super::{admit, json_event, seeded, sse, token_text};
+use super::{json_event, seeded, token_text};
 use crate::api::*;
-use crate::choices::{self, finish_reason, random_id, Timer};
+use crate::choices::{finish_reason, random_id};
 use crate::error::ApiError;
-use crate::gate;
+use crate::gate::Gated;
+use crate::pipeline::{self, Prepared, Wire};
 use crate::server::RequestId;
 use crate::state::{unix_now, PolicyVersion, Shared};
 use crate::stream_gate;
-use crate::trajectory::{self, RequestInfo};
 use crate::validate::{chat_prompt, check_lengths, sampling, ApiJson};
 use axum::extract::State;
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
-use safeloop_shared::engine::FinishReason;
-use safeloop_shared::engine::SampledToken;
+use safeloop_shared::engine::{SampledToken, SeqUpdate};
 use safeloop_shared::Tokenizer;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 fn logprobs(tok: &Tokenizer, tokens: &[SampledToken]) -> ChatLogprobs {
     ChatLogprobs {
@@ -60,17 +59,7 @@ pub async fn chat_completions(
     Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Response {
-    let served = match st.policy() {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let version = served.version.clone();
-    let mut resp = match handle(st.clone(), served, rid.0, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    super::stamp_version(&st, &mut resp, &version);
-    resp
+    pipeline::respond(&st, |served| handle(st.clone(), served, rid.0, req)).await
 }
 
 async fn handle(
@@ -79,7 +68,6 @@ async fn handle(
     request_id: String,
     req: ChatCompletionRequest,
 ) -> Result<Response, ApiError> {
-    let engine = served.engine.clone();
     st.check_model(&req.model)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::bad_request(
@@ -102,6 +90,7 @@ async fn handle(
             "`top_logprobs` requires `logprobs: true`",
         ));
     }
+    let engine = &served.engine;
     let max = req.max_completion_tokens.or(req.sampling.max_tokens);
     let s = sampling(&req.sampling, max, top, req.logprobs, &st)?;
     let mut params = s.params;
@@ -113,279 +102,152 @@ async fn handle(
         engine.max_context,
         "messages",
     )?;
-    let safety = st.safety();
     let policy = st.cfg.gate.narrowed(req.safety.as_ref())?;
-    gate::check_input(
-        &safety,
-        &policy,
-        conversation.clone(),
-        "messages",
-        &st.metrics,
-    )
-    .await?;
-    // A blocking gate holds output until it is checked (streams included, for now whole).
-    let held = safety.cost.is_some() && policy.holds_output();
-    admit(&st, engine.in_flight(), s.n as usize)?;
-    let prompt_tokens = prompt.len() as u32;
-    let jobs: Vec<_> = (0..s.n)
-        .map(|i| (prompt.clone(), seeded(&params, i)))
-        .collect();
-    let timer = Timer::new(st.metrics.clone());
-    let info = RequestInfo::new(request_id, &jobs, served.clone(), &safety);
-    let streams = choices::submit_all(&engine, jobs).await?;
-    let id = random_id("chatcmpl");
-    let created = unix_now();
-    let model = st.cfg.served_model_name.clone();
-    let fingerprint = served.fingerprint();
-    let tok = engine.tokenizer.clone();
-    let chunks = ChatChunks {
-        id: id.clone(),
-        created,
-        model: model.clone(),
-        fingerprint: fingerprint.clone(),
+    let n = s.n as usize;
+    let wire = ChatWire {
+        chunks: ChatChunks {
+            id: random_id("chatcmpl"),
+            created: unix_now(),
+            model: st.cfg.served_model_name.clone(),
+            fingerprint: served.fingerprint(),
+        },
+        tok: engine.tokenizer.clone(),
+        want_lp: req.logprobs,
+        pending: vec![vec![]; n],
     };
-
-    if req.stream && !held {
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let n = s.n as usize;
-        let want_lp = req.logprobs;
-        let (tx, rx) = mpsc::channel(64);
-        let metrics = st.metrics.clone();
-        let st2 = st.clone();
-        tokio::spawn(async move {
-            let chunk =
-                |choices: Vec<ChunkChoice>, usage: Option<Usage>| chunks.chunk(choices, usage);
-            for i in 0..n {
-                let c = chunks.role(i);
-                if tx.send(c).await.is_err() {
-                    metrics.disconnects.inc();
-                    return;
-                }
-            }
-            let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; n];
-            let mut completion_tokens = 0u32;
-            let total_choices = streams.len();
-            let mut outputs: Vec<Vec<SampledToken>> = vec![vec![]; total_choices];
-            let mut reasons = vec![FinishReason::Stop; total_choices];
-            let mut texts = vec![String::new(); total_choices];
-            let finished = choices::pump(streams, timer.clone(), &metrics, &tx, |i, u| {
-                if let Some(t) = &u.token {
-                    outputs[i].push(t.clone());
-                }
-                texts[i].push_str(&u.text);
-                if let Some(r) = u.finished {
-                    reasons[i] = r;
-                }
-                if let Some(t) = u.token {
-                    completion_tokens += 1;
-                    if want_lp {
-                        pending[i].push(t);
-                    }
-                }
-                if u.text.is_empty() && u.finished.is_none() {
-                    return None;
-                }
-                let lp = (want_lp && !pending[i].is_empty())
-                    .then(|| logprobs(&tok, &std::mem::take(&mut pending[i])));
-                Some(json_event(&chunk(
-                    vec![ChunkChoice {
-                        index: i as u32,
-                        delta: Delta {
-                            role: None,
-                            content: (!u.text.is_empty()).then_some(u.text),
-                        },
-                        finish_reason: u.finished.map(finish_reason),
-                        logprobs: lp,
-                        safety: None,
-                    }],
-                    None,
-                )))
-            })
-            .await;
-            if finished {
-                let scores = st2
-                    .safety()
-                    .annotate(
-                        texts
-                            .into_iter()
-                            .map(|t| (conversation.clone(), Some(t)))
-                            .collect(),
-                    )
-                    .await;
-                let logged = gate::streamed_candidates(&info.jobs, outputs, reasons, scores);
-                let usage = include_usage.then(|| {
-                    json_event(&chunk(
-                        vec![],
-                        Some(Usage::new(prompt_tokens, completion_tokens)),
-                    ))
-                });
-                trajectory::record_and_finish(&st2, &info, logged, &timer, &tx, usage).await;
-            }
-        });
-        return Ok(sse(rx, st.cfg.keep_alive));
-    }
-
-    if req.stream && held && policy.window > 0 {
-        // Windowed gating: release text only after its window is scored.
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let want_lp = req.logprobs;
-        let n = s.n as usize;
-        let (tx, rx) = mpsc::channel(64);
-        let st2 = st.clone();
-        tokio::spawn(async move {
-            let chunk =
-                |choices: Vec<ChunkChoice>, usage: Option<Usage>| chunks.chunk(choices, usage);
-            for i in 0..n {
-                let c = chunks.role(i);
-                if tx.send(c).await.is_err() {
-                    return;
-                }
-            }
-            let emit = |r: stream_gate::Release| {
-                json_event(&chunk(
-                    vec![ChunkChoice {
-                        index: r.index as u32,
-                        delta: Delta {
-                            role: None,
-                            content: (!r.text.is_empty()).then_some(r.text),
-                        },
-                        finish_reason: r.finish_reason,
-                        logprobs: (want_lp && !r.tokens.is_empty())
-                            .then(|| logprobs(&tok, &r.tokens)),
-                        safety: r.safety,
-                    }],
-                    None,
-                ))
-            };
-            let Some(cands) = stream_gate::run(
-                &engine,
-                streams,
-                timer.clone(),
-                &st2.metrics,
-                &tx,
-                &safety,
-                &policy,
-                policy.window,
-                &|_| conversation.clone(),
-                &info.jobs,
-                &emit,
-            )
-            .await
-            else {
-                return;
-            };
-            let completion_tokens: u32 = cands.iter().map(|c| c.tokens.len() as u32).sum();
-            let usage = include_usage.then(|| {
-                json_event(&chunk(
-                    vec![],
-                    Some(Usage::new(prompt_tokens, completion_tokens)),
-                ))
-            });
-            trajectory::record_and_finish(&st2, &info, cands, &timer, &tx, usage).await;
-        });
-        return Ok(sse(rx, st.cfg.keep_alive));
-    }
-    let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
-    let t_gate = std::time::Instant::now();
-    let gated = gate::apply(
-        &safety,
-        &policy,
-        &engine,
-        &info.jobs,
-        results,
-        &|_| conversation.clone(),
-        &timer,
-        st.cfg.request_timeout,
-        &st.metrics,
-    )
-    .await?;
-    if safety.enabled() {
-        st.metrics
-            .gate_latency
-            .observe(t_gate.elapsed().as_secs_f64());
-        for g in &gated {
-            if let Some(c) = g.safety.as_ref().and_then(|s| s.cost) {
-                st.metrics.cost.observe(c as f64);
-            }
-        }
-    }
-    let mut candidates = vec![];
-    let mut outs = vec![];
-    for g in gated {
-        candidates.extend(g.candidates);
-        outs.push((g.text, g.tokens, g.finish_reason, g.safety));
-    }
-    // Usage counts every generated token, blocked and resampled candidates included.
-    let completion_tokens: u32 = candidates.iter().map(|c| c.tokens.len() as u32).sum();
-    trajectory::record(&st, &info, candidates, &timer).await?;
-    let usage = Usage::new(prompt_tokens, completion_tokens);
-    if req.stream {
-        // Held stream: every choice was checked whole; send it as chunks.
-        let (tx, rx) = mpsc::channel(4 * outs.len() + 4);
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| chunks.chunk(choices, usage);
-        for (i, (text, tokens, reason, _)) in outs.into_iter().enumerate() {
-            for (delta, fr, lp) in [
-                (
-                    Delta {
-                        role: Some("assistant".into()),
-                        content: Some(String::new()),
-                    },
-                    None,
-                    None,
-                ),
-                (
-                    Delta {
-                        role: None,
-                        content: Some(text),
-                    },
-                    None,
-                    req.logprobs.then(|| logprobs(&tok, &tokens)),
-                ),
-                (Delta::default(), Some(reason), None),
-            ] {
-                let c = chunk(
-                    vec![ChunkChoice {
-                        index: i as u32,
-                        delta,
-                        finish_reason: fr,
-                        logprobs: lp,
-                        safety: None,
-                    }],
-                    None,
-                );
-                let _ = tx.try_send(json_event(&c));
-            }
-        }
-        if include_usage {
-            let _ = tx.try_send(json_event(&chunk(vec![], Some(usage))));
-        }
-        let _ = tx.try_send(axum::response::sse::Event::default().data("[DONE]"));
-        return Ok(sse(rx, st.cfg.keep_alive));
-    }
-    let body = ChatCompletion {
-        id,
-        object: "chat.completion".into(),
-        created,
-        model,
-        system_fingerprint: fingerprint,
-        choices: outs
-            .into_iter()
-            .enumerate()
-            .map(|(i, (text, tokens, reason, safety))| ChatChoice {
-                safety,
-                index: i as u32,
-                logprobs: req.logprobs.then(|| logprobs(&tok, &tokens)),
-                message: ChatMessageOut {
-                    role: "assistant".into(),
-                    content: text,
-                },
-                finish_reason: reason,
-            })
+    let prepared = Prepared {
+        jobs: (0..s.n)
+            .map(|i| (prompt.clone(), seeded(&params, i)))
             .collect(),
-        usage,
+        prompt_tokens: prompt.len() as u32,
+        n,
+        conversations: vec![conversation],
+        stream: req.stream,
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        policy,
+        keep_alive: st.cfg.keep_alive,
+        served,
+        request_id,
     };
-    Ok(Json(body).into_response())
+    pipeline::run(&st, prepared, wire).await
+}
+
+/// The chat wire format: `chat.completion` bodies and `chat.completion.chunk` events.
+struct ChatWire {
+    chunks: ChatChunks,
+    tok: Arc<Tokenizer>,
+    want_lp: bool,
+    /// Streams: tokens whose log-probs wait for the next chunk with text.
+    pending: Vec<Vec<SampledToken>>,
+}
+
+impl ChatWire {
+    fn event(&self, choice: ChunkChoice) -> Event {
+        json_event(&self.chunks.chunk(vec![choice], None))
+    }
+}
+
+impl Wire for ChatWire {
+    const PROMPT_PARAM: &'static str = "messages";
+
+    fn opening(&mut self, _windowed: bool) -> Vec<Event> {
+        (0..self.pending.len())
+            .map(|i| self.chunks.role(i))
+            .collect()
+    }
+
+    fn live(&mut self, i: usize, u: SeqUpdate) -> Option<Event> {
+        if let Some(t) = u.token {
+            if self.want_lp {
+                self.pending[i].push(t);
+            }
+        }
+        if u.text.is_empty() && u.finished.is_none() {
+            return None;
+        }
+        let lp = (self.want_lp && !self.pending[i].is_empty())
+            .then(|| logprobs(&self.tok, &std::mem::take(&mut self.pending[i])));
+        Some(self.event(ChunkChoice {
+            index: i as u32,
+            delta: Delta {
+                role: None,
+                content: (!u.text.is_empty()).then_some(u.text),
+            },
+            finish_reason: u.finished.map(finish_reason),
+            logprobs: lp,
+            safety: None,
+        }))
+    }
+
+    fn release(&mut self, r: stream_gate::Release) -> Event {
+        self.event(ChunkChoice {
+            index: r.index as u32,
+            logprobs: (self.want_lp && !r.tokens.is_empty())
+                .then(|| logprobs(&self.tok, &r.tokens)),
+            delta: Delta {
+                role: None,
+                content: (!r.text.is_empty()).then_some(r.text),
+            },
+            finish_reason: r.finish_reason,
+            safety: r.safety,
+        })
+    }
+
+    fn usage(&self, usage: Usage) -> Event {
+        json_event(&self.chunks.chunk(vec![], Some(usage)))
+    }
+
+    fn complete(self, choices: Vec<Gated>, usage: Usage) -> Response {
+        let c = &self.chunks;
+        Json(ChatCompletion {
+            id: c.id.clone(),
+            object: "chat.completion".into(),
+            created: c.created,
+            model: c.model.clone(),
+            system_fingerprint: c.fingerprint.clone(),
+            choices: choices
+                .into_iter()
+                .enumerate()
+                .map(|(i, g)| ChatChoice {
+                    index: i as u32,
+                    logprobs: self.want_lp.then(|| logprobs(&self.tok, &g.tokens)),
+                    message: ChatMessageOut {
+                        role: "assistant".into(),
+                        content: g.text,
+                    },
+                    finish_reason: g.finish_reason,
+                    safety: g.safety,
+                })
+                .collect(),
+            usage,
+        })
+        .into_response()
+    }
+
+    fn held(self, choices: Vec<Gated>) -> Vec<Event> {
+        let mut events = vec![];
+        for (i, g) in choices.into_iter().enumerate() {
+            events.push(self.chunks.role(i));
+            events.push(self.event(ChunkChoice {
+                index: i as u32,
+                logprobs: self.want_lp.then(|| logprobs(&self.tok, &g.tokens)),
+                delta: Delta {
+                    role: None,
+                    content: Some(g.text),
+                },
+                finish_reason: None,
+                safety: None,
+            }));
+            events.push(self.event(ChunkChoice {
+                index: i as u32,
+                delta: Delta::default(),
+                finish_reason: Some(g.finish_reason),
+                logprobs: None,
+                safety: None,
+            }));
+        }
+        events
+    }
 }
 
 /// Builds this request's `chat.completion.chunk` objects.

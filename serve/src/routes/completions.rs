@@ -1,24 +1,23 @@
 //! `POST /v1/completions`.
 
-use super::{admit, json_event, seeded, sse, token_text};
+use super::{json_event, seeded, token_text};
 use crate::api::*;
-use crate::choices::{self, finish_reason, random_id, Timer};
+use crate::choices::{finish_reason, random_id};
 use crate::error::ApiError;
-use crate::gate;
+use crate::gate::Gated;
+use crate::pipeline::{self, Prepared, Wire};
 use crate::server::RequestId;
 use crate::state::{unix_now, PolicyVersion, Shared};
 use crate::stream_gate;
-use crate::trajectory::{self, RequestInfo};
 use crate::validate::{check_lengths, completion_prompts, sampling, ApiJson};
 use axum::extract::State;
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
-use safeloop_shared::engine::FinishReason;
-use safeloop_shared::engine::{PromptLogprob, SampledToken};
+use safeloop_shared::engine::{PromptLogprob, SampledToken, SeqUpdate};
 use safeloop_shared::{ChatMessage, Tokenizer};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// OpenAI's default for this endpoint.
 const DEFAULT_MAX_TOKENS: u32 = 16;
@@ -72,17 +71,7 @@ pub async fn completions(
     Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Response {
-    let served = match st.policy() {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let version = served.version.clone();
-    let mut resp = match handle(st.clone(), served, rid.0, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    super::stamp_version(&st, &mut resp, &version);
-    resp
+    pipeline::respond(&st, |served| handle(st.clone(), served, rid.0, req)).await
 }
 
 async fn handle(
@@ -91,7 +80,6 @@ async fn handle(
     request_id: String,
     req: CompletionRequest,
 ) -> Result<Response, ApiError> {
-    let engine = served.engine.clone();
     st.check_model(&req.model)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request(
@@ -120,6 +108,7 @@ async fn handle(
             "`best_of` other than `n` is not supported",
         ));
     }
+    let engine = &served.engine;
     let tok = engine.tokenizer.clone();
     let prompts = completion_prompts(&req.prompt, &tok, tok.vocab_size().max(1))?;
     let prompt_texts: Vec<String> = match &req.prompt {
@@ -142,259 +131,174 @@ async fn handle(
             jobs.push((p.clone(), seeded(&pp, i)));
         }
     }
-    let safety = st.safety();
     let policy = st.cfg.gate.narrowed(req.safety.as_ref())?;
-    for t in &prompt_texts {
-        gate::check_input(
-            &safety,
-            &policy,
-            vec![ChatMessage::new("user", t)],
-            "prompt",
-            &st.metrics,
-        )
-        .await?;
-    }
-    // A blocking gate holds output until it is checked (streams included, for now whole).
-    let held = safety.cost.is_some() && policy.holds_output();
-    admit(&st, engine.in_flight(), jobs.len())?;
-    let n = s.n as usize;
-    let timer = Timer::new(st.metrics.clone());
-    let info = RequestInfo::new(request_id, &jobs, served.clone(), &safety);
-    let streams = choices::submit_all(&engine, jobs).await?;
-    let head = CompletionHead {
-        id: random_id("cmpl"),
-        created: unix_now(),
-        model: st.cfg.served_model_name.clone(),
-        fingerprint: served.fingerprint(),
+    let (n, total) = (s.n as usize, jobs.len());
+    let wire = CompletionWire {
+        head: CompletionHead {
+            id: random_id("cmpl"),
+            created: unix_now(),
+            model: st.cfg.served_model_name.clone(),
+            fingerprint: served.fingerprint(),
+        },
+        tok,
+        want_lp,
+        echo: req.echo,
+        n,
+        offsets: vec![0; total],
+        pending: vec![vec![]; total],
+        echoed: vec![!req.echo; total],
+        prompt_texts: prompt_texts.clone(),
     };
-    let echo = req.echo;
+    let prepared = Prepared {
+        conversations: prompt_texts
+            .iter()
+            .map(|t| vec![ChatMessage::new("user", t)])
+            .collect(),
+        jobs,
+        n,
+        prompt_tokens,
+        stream: req.stream,
+        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        policy,
+        keep_alive: st.cfg.keep_alive,
+        served,
+        request_id,
+    };
+    pipeline::run(&st, prepared, wire).await
+}
 
-    if req.stream && !held {
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let total = streams.len();
-        let (tx, rx) = mpsc::channel(64);
-        let metrics = st.metrics.clone();
-        let st2 = st.clone();
-        tokio::spawn(async move {
-            let chunk =
-                |choices: Vec<CompletionChoice>, usage: Option<Usage>| head.build(choices, usage);
-            let mut offsets = vec![0u32; total];
-            let mut pending: Vec<Vec<SampledToken>> = vec![vec![]; total];
-            let mut echoed = vec![!echo; total];
-            let mut texts = vec![String::new(); total];
-            let mut completion_tokens = 0u32;
-            let total_choices = streams.len();
-            let mut outputs: Vec<Vec<SampledToken>> = vec![vec![]; total_choices];
-            let mut reasons = vec![FinishReason::Stop; total_choices];
-            let finished = choices::pump(streams, timer.clone(), &metrics, &tx, |i, u| {
-                if let Some(t) = &u.token {
-                    outputs[i].push(t.clone());
-                }
-                if let Some(r) = u.finished {
-                    reasons[i] = r;
-                }
-                let mut text = String::new();
-                let mut prompt_lp: Vec<PromptLogprob> = vec![];
-                if !echoed[i] {
-                    echoed[i] = true;
-                    text.push_str(&prompt_texts[i / n]);
-                    prompt_lp = u.prompt_logprobs.clone().unwrap_or_default();
-                }
-                if let Some(t) = u.token {
-                    completion_tokens += 1;
-                    if want_lp {
-                        pending[i].push(t);
-                    }
-                }
-                text.push_str(&u.text);
-                texts[i].push_str(&u.text);
-                if text.is_empty() && u.finished.is_none() {
-                    return None;
-                }
-                let lp = want_lp.then(|| {
-                    logprobs(
-                        &tok,
-                        &prompt_lp,
-                        &std::mem::take(&mut pending[i]),
-                        offsets[i],
-                    )
-                });
-                offsets[i] += text.chars().count() as u32;
-                Some(json_event(&chunk(
-                    vec![CompletionChoice {
-                        safety: None,
-                        index: i as u32,
-                        text,
-                        finish_reason: u.finished.map(finish_reason),
-                        logprobs: lp,
-                    }],
-                    None,
-                )))
+/// The legacy completions wire format: `text_completion` bodies and chunks.
+struct CompletionWire {
+    head: CompletionHead,
+    tok: Arc<Tokenizer>,
+    want_lp: bool,
+    echo: bool,
+    /// Choices per prompt.
+    n: usize,
+    prompt_texts: Vec<String>,
+    /// Streams: characters sent so far per choice (log-prob text offsets).
+    offsets: Vec<u32>,
+    /// Streams: tokens whose log-probs wait for the next chunk with text.
+    pending: Vec<Vec<SampledToken>>,
+    /// Streams: whether the prompt was echoed yet.
+    echoed: Vec<bool>,
+}
+
+impl CompletionWire {
+    fn event(&self, choice: CompletionChoice) -> Event {
+        json_event(&self.head.build(vec![choice], None))
+    }
+}
+
+impl Wire for CompletionWire {
+    const PROMPT_PARAM: &'static str = "prompt";
+
+    fn opening(&mut self, windowed: bool) -> Vec<Event> {
+        // Live streams echo the prompt with the first update (and its log-probs).
+        if !windowed || !self.echo {
+            return vec![];
+        }
+        (0..self.echoed.len())
+            .map(|i| {
+                self.echoed[i] = true;
+                self.event(CompletionChoice {
+                    index: i as u32,
+                    text: self.prompt_texts[i / self.n].clone(),
+                    finish_reason: None,
+                    logprobs: None,
+                    safety: None,
+                })
             })
-            .await;
-            if finished {
-                let scores = st2
-                    .safety()
-                    .annotate(
-                        texts
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, t)| {
-                                (
-                                    vec![ChatMessage::new("user", &prompt_texts[i / n])],
-                                    Some(t),
-                                )
-                            })
-                            .collect(),
-                    )
-                    .await;
-                let logged = gate::streamed_candidates(&info.jobs, outputs, reasons, scores);
-                let usage = include_usage.then(|| {
-                    json_event(&chunk(
-                        vec![],
-                        Some(Usage::new(prompt_tokens, completion_tokens)),
-                    ))
-                });
-                trajectory::record_and_finish(&st2, &info, logged, &timer, &tx, usage).await;
-            }
-        });
-        return Ok(sse(rx, st.cfg.keep_alive));
+            .collect()
     }
 
-    if req.stream && held && policy.window > 0 {
-        // Windowed gating: release text only after its window is scored.
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let total = streams.len();
-        let (tx, rx) = mpsc::channel(64);
-        let st2 = st.clone();
-        tokio::spawn(async move {
-            let chunk =
-                |choices: Vec<CompletionChoice>, usage: Option<Usage>| head.build(choices, usage);
-            if echo {
-                for i in 0..total {
-                    let c = chunk(
-                        vec![CompletionChoice {
-                            index: i as u32,
-                            text: prompt_texts[i / n].clone(),
-                            finish_reason: None,
-                            logprobs: None,
-                            safety: None,
-                        }],
-                        None,
-                    );
-                    if tx.send(json_event(&c)).await.is_err() {
-                        return;
-                    }
-                }
+    fn live(&mut self, i: usize, u: SeqUpdate) -> Option<Event> {
+        let mut text = String::new();
+        let mut prompt_lp: Vec<PromptLogprob> = vec![];
+        if !self.echoed[i] {
+            self.echoed[i] = true;
+            text.push_str(&self.prompt_texts[i / self.n]);
+            prompt_lp = u.prompt_logprobs.clone().unwrap_or_default();
+        }
+        if let Some(t) = u.token {
+            if self.want_lp {
+                self.pending[i].push(t);
             }
-            let emit = |r: stream_gate::Release| {
-                json_event(&chunk(
-                    vec![CompletionChoice {
-                        index: r.index as u32,
-                        logprobs: (want_lp && !r.tokens.is_empty())
-                            .then(|| logprobs(&tok, &[], &r.tokens, 0)),
-                        text: r.text,
-                        finish_reason: r.finish_reason,
-                        safety: r.safety,
-                    }],
-                    None,
-                ))
-            };
-            let conv = |i: usize| vec![ChatMessage::new("user", &prompt_texts[i / n])];
-            let Some(cands) = stream_gate::run(
-                &engine,
-                streams,
-                timer.clone(),
-                &st2.metrics,
-                &tx,
-                &safety,
-                &policy,
-                policy.window,
-                &conv,
-                &info.jobs,
-                &emit,
+        }
+        text.push_str(&u.text);
+        if text.is_empty() && u.finished.is_none() {
+            return None;
+        }
+        let lp = self.want_lp.then(|| {
+            logprobs(
+                &self.tok,
+                &prompt_lp,
+                &std::mem::take(&mut self.pending[i]),
+                self.offsets[i],
             )
-            .await
-            else {
-                return;
-            };
-            let completion_tokens: u32 = cands.iter().map(|c| c.tokens.len() as u32).sum();
-            let usage = include_usage.then(|| {
-                json_event(&chunk(
-                    vec![],
-                    Some(Usage::new(prompt_tokens, completion_tokens)),
-                ))
-            });
-            trajectory::record_and_finish(&st2, &info, cands, &timer, &tx, usage).await;
         });
-        return Ok(sse(rx, st.cfg.keep_alive));
-    }
-    let results = choices::collect_all(streams, timer.clone(), st.cfg.request_timeout).await?;
-    let t_gate = std::time::Instant::now();
-    let conv = |i: usize| vec![ChatMessage::new("user", &prompt_texts[i / n])];
-    let gated = gate::apply(
-        &safety,
-        &policy,
-        &engine,
-        &info.jobs,
-        results,
-        &conv,
-        &timer,
-        st.cfg.request_timeout,
-        &st.metrics,
-    )
-    .await?;
-    if safety.enabled() {
-        st.metrics
-            .gate_latency
-            .observe(t_gate.elapsed().as_secs_f64());
-        for g in &gated {
-            if let Some(c) = g.safety.as_ref().and_then(|s| s.cost) {
-                st.metrics.cost.observe(c as f64);
-            }
-        }
-    }
-    let mut candidates = vec![];
-    let mut choices_out = vec![];
-    for (i, g) in gated.into_iter().enumerate() {
-        candidates.extend(g.candidates);
-        let prompt_text = if echo {
-            prompt_texts[i / n].as_str()
-        } else {
-            ""
-        };
-        choices_out.push(CompletionChoice {
-            safety: g.safety,
+        self.offsets[i] += text.chars().count() as u32;
+        Some(self.event(CompletionChoice {
+            safety: None,
             index: i as u32,
-            logprobs: want_lp.then(|| logprobs(&tok, &g.prompt_logprobs, &g.tokens, 0)),
-            text: format!("{prompt_text}{}", g.text),
-            finish_reason: Some(g.finish_reason),
-        });
+            text,
+            finish_reason: u.finished.map(finish_reason),
+            logprobs: lp,
+        }))
     }
-    // Usage counts every generated token, blocked and resampled candidates included.
-    let completion_tokens: u32 = candidates.iter().map(|c| c.tokens.len() as u32).sum();
-    trajectory::record(&st, &info, candidates, &timer).await?;
-    let usage = Usage::new(prompt_tokens, completion_tokens);
-    let body = head.build(choices_out, Some(usage));
-    if req.stream {
-        // Held stream: every choice was checked whole; send one chunk per choice.
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let (tx, rx) = mpsc::channel(body.choices.len() + 3);
-        for c in &body.choices {
-            let mut one = body.clone();
-            one.usage = None;
-            one.choices = vec![c.clone()];
-            let _ = tx.try_send(json_event(&one));
-        }
-        if include_usage {
-            let mut u = body.clone();
-            u.choices = vec![];
-            let _ = tx.try_send(json_event(&u));
-        }
-        let _ = tx.try_send(axum::response::sse::Event::default().data("[DONE]"));
-        return Ok(sse(rx, st.cfg.keep_alive));
+
+    fn release(&mut self, r: stream_gate::Release) -> Event {
+        self.event(CompletionChoice {
+            index: r.index as u32,
+            logprobs: (self.want_lp && !r.tokens.is_empty())
+                .then(|| logprobs(&self.tok, &[], &r.tokens, 0)),
+            text: r.text,
+            finish_reason: r.finish_reason,
+            safety: r.safety,
+        })
     }
-    Ok(Json(body).into_response())
+
+    fn usage(&self, usage: Usage) -> Event {
+        json_event(&self.head.build(vec![], Some(usage)))
+    }
+
+    fn complete(self, choices: Vec<Gated>, usage: Usage) -> Response {
+        Json(self.body(choices, Some(usage))).into_response()
+    }
+
+    fn held(self, choices: Vec<Gated>) -> Vec<Event> {
+        let body = self.body(choices, None);
+        body.choices
+            .iter()
+            .map(|c| json_event(&self.head.build(vec![c.clone()], None)))
+            .collect()
+    }
+}
+
+impl CompletionWire {
+    fn body(&self, choices: Vec<Gated>, usage: Option<Usage>) -> Completion {
+        let choices = choices
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let prompt_text = if self.echo {
+                    self.prompt_texts[i / self.n].as_str()
+                } else {
+                    ""
+                };
+                CompletionChoice {
+                    safety: g.safety,
+                    index: i as u32,
+                    logprobs: self
+                        .want_lp
+                        .then(|| logprobs(&self.tok, &g.prompt_logprobs, &g.tokens, 0)),
+                    text: format!("{prompt_text}{}", g.text),
+                    finish_reason: Some(g.finish_reason),
+                }
+            })
+            .collect();
+        self.head.build(choices, usage)
+    }
 }
 
 /// The envelope shared by this request's completion object and stream chunks.

@@ -54,18 +54,3 @@ pub fn seeded(
     p.seed = p.seed.map(|s| s.wrapping_add(i as u64));
     p
 }
-
-/// `X-Safeloop-Model-Version`: the policy version that served the request (counted by
-/// version).
-pub fn stamp_version(st: &AppState, resp: &mut Response, version: &str) {
-    if let Ok(v) = axum::http::HeaderValue::from_str(version) {
-        resp.headers_mut().insert(
-            axum::http::HeaderName::from_static("x-safeloop-model-version"),
-            v,
-        );
-    }
-    st.metrics
-        .requests_by_version
-        .with_label_values(&[version])
-        .inc();
-}
