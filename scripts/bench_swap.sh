@@ -105,15 +105,18 @@ def pct(v, p):
 def during(s):
     return any(s[0] < b and s[1] > a for a, b in windows)
 
-steady_lat = [e - s for s, e, ok, _ in samples if ok and not during((s, e))]
+label = {gguf: "GGUF Q4_1", hf: "f32 HF"}
+steady_by = {v: [e - s for s, e, ok, ver in samples if ok and ver == v and not during((s, e))] for v in (gguf, hf)}
 swap_lat = [e - s for s, e, ok, _ in samples if ok and during((s, e))]
 failed = sum(1 for s in samples if not s[2])
 print(f"requests: {len(samples)} ({len(swap_lat)} overlapping a swap), failed: {failed}")
 print(f"swaps: GGUF→f32 {windows[0][1] - windows[0][0]:.2f}s, f32→GGUF {windows[1][1] - windows[1][0]:.2f}s (promotion → old version drained)")
-print(f"{'':24}{'p50':>10}{'p99':>10}")
-print(f"{'steady':24}{pct(steady_lat, 50):9.0f}ms{pct(steady_lat, 99):9.0f}ms")
-print(f"{'during a swap':24}{pct(swap_lat, 50):9.0f}ms{pct(swap_lat, 99):9.0f}ms")
-print(f"p99 during / steady: {pct(swap_lat, 99) / pct(steady_lat, 99):.2f}x")
+print(f"{'':24}{'n':>6}{'p50':>10}{'p99':>10}")
+for v in (gguf, hf):
+    print(f"{'steady, ' + label[v]:24}{len(steady_by[v]):6}{pct(steady_by[v], 50):8.0f}ms{pct(steady_by[v], 99):8.0f}ms")
+print(f"{'during a swap':24}{len(swap_lat):6}{pct(swap_lat, 50):8.0f}ms{pct(swap_lat, 99):8.0f}ms")
+slower = max(pct(steady_by[v], 99) for v in (gguf, hf))
+print(f"p99 during a swap / steady p99 of the slower version: {pct(swap_lat, 99) / slower:.2f}x")
 m = metrics()
 for phase in ("fetch", "load", "validate", "drain"):
     tot = cnt = 0.0

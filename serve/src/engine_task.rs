@@ -147,11 +147,7 @@ fn run(
         };
     let drained = |since: Option<Instant>| {
         let secs = since.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        metrics
-            .swap_seconds
-            .with_label_values(&["policy", "drain"])
-            .observe(secs);
-        tracing::info!(secs, "engine drained: the old version is unloaded");
+        tracing::info!(secs, "engine stopped: its version is unloaded");
     };
     loop {
         // Take every pending command; sleep only when there is nothing to do.

@@ -21,6 +21,23 @@ pub struct PolicyVersion {
     pub source: String,
     pub engine: EngineHandle,
     pub loaded_ms: u64,
+    /// When it was swapped out (its drain time is measured from there to its drop).
+    pub retired: std::sync::Mutex<Option<std::time::Instant>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Drop for PolicyVersion {
+    /// The last request holding a swapped-out version has ended: it is drained.
+    fn drop(&mut self) {
+        if let Some(t) = *self.retired.lock().expect("retired lock") {
+            let secs = t.elapsed().as_secs_f64();
+            self.metrics
+                .swap_seconds
+                .with_label_values(&["policy", "drain"])
+                .observe(secs);
+            tracing::info!(version = %self.version, secs, "drained: the old version is unloaded");
+        }
+    }
 }
 
 impl PolicyVersion {

@@ -411,6 +411,8 @@ fn prepare(
                 source: path.display().to_string(),
                 engine,
                 loaded_ms: now_ms(),
+                retired: Mutex::new(None),
+                metrics: st.metrics.clone(),
             })))
         }
         Role::Cost | Role::Reward => {
@@ -492,6 +494,7 @@ fn install(st: &AppState, slot: &Slot, prepared: Prepared) -> Option<String> {
             let mut cur = st.policy.write().expect("policy lock");
             let old = cur.replace(p);
             if let Some(o) = &old {
+                *o.retired.lock().expect("retired lock") = Some(Instant::now());
                 slot.draining
                     .lock()
                     .expect("draining lock")

@@ -192,3 +192,29 @@ fn model_refs_parse() {
         assert!(ModelRef::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn concurrent_publishers_of_one_version_never_corrupt_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let d = tmp.path().join("v");
+    model(&d, &vec![7u8; 1 << 20]);
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let (root, d) = (root.clone(), d.clone());
+            std::thread::spawn(move || {
+                let reg = Registry::open(root.to_str().unwrap()).unwrap();
+                reg.publish("m", &d, &opts()).unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ids: std::collections::BTreeSet<_> =
+        results.iter().map(|p| p.manifest.version.clone()).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(results.iter().filter(|p| p.created).count(), 1);
+    let reg = Registry::open(root.to_str().unwrap()).unwrap();
+    let v = ids.into_iter().next().unwrap();
+    reg.fetch("m", &v, tmp.path()).unwrap();
+    assert_eq!(reg.versions("m").unwrap().len(), 1);
+}
