@@ -371,6 +371,18 @@ fn swaps_under_load_with_zero_failed_requests_validation_and_rollback() {
     copy_model(&flip_dir);
     edit_weights(&flip_dir, |_, i, x| x - 0.05 * ((i as f32) * 0.11).cos());
 
+    // The same weights with a different tokenizer (two token ids swapped).
+    let tok_dir = tmp.join("tokenizer-change");
+    copy_model(&tok_dir);
+    let tok_path = tok_dir.join("tokenizer.json");
+    let mut tok: Value =
+        serde_json::from_str(&std::fs::read_to_string(&tok_path).unwrap()).unwrap();
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    let (e, o) = (vocab["e"].clone(), vocab["o"].clone());
+    vocab.insert("e".into(), o);
+    vocab.insert("o".into(), e);
+    std::fs::write(&tok_path, tok.to_string()).unwrap();
+
     let expected: HashMap<String, Vec<(String, Vec<u32>)>> = [&v1_dir, &v2_dir]
         .iter()
         .map(|d| {
@@ -387,6 +399,7 @@ fn swaps_under_load_with_zero_failed_requests_validation_and_rollback() {
     let v2 = publish(&reg, &v2_dir);
     let v_nan = publish(&reg, &nan_dir);
     let v_flip = publish(&reg, &flip_dir);
+    let v_tok = publish(&reg, &tok_dir);
     assert!(expected.contains_key(&v1) && expected.contains_key(&v2));
     // Same bytes ⇒ same version id.
     assert_eq!(publish(&reg, &v1_dir), v1);
@@ -430,7 +443,8 @@ fn swaps_under_load_with_zero_failed_requests_validation_and_rollback() {
 
     // Promote v2: served within the poll interval (+ load and validation).
     promote(&reg, &v2);
-    let took = wait_for_version(&answers, &v2, Duration::from_secs(15));
+    // Within the poll interval plus the load (300 ms here) and validation.
+    let took = wait_for_version(&answers, &v2, Duration::from_secs(5));
     eprintln!("v2 served {took:?} after the promotion");
     std::thread::sleep(Duration::from_millis(1000));
 
@@ -441,8 +455,12 @@ fn swaps_under_load_with_zero_failed_requests_validation_and_rollback() {
     wait_for_version(&answers, &v1, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1000));
 
-    // A NaN weight and a flipped byte are refused; v1 keeps serving.
-    for (bad, why) in [(&v_nan, "NaN"), (&v_flip, "sha256")] {
+    // A NaN weight, a flipped byte and a changed tokenizer are refused; v1 keeps serving.
+    for (bad, why) in [
+        (&v_nan, "NaN"),
+        (&v_flip, "sha256"),
+        (&v_tok, "tokenizes differently"),
+    ] {
         promote(&reg, bad);
         let t = Instant::now();
         loop {
