@@ -21,21 +21,26 @@ const ADMIN: &str = "admin-secret";
 
 /// The tiny golden model's files (without the golden outputs).
 fn copy_model(dst: &Path) {
+    copy_golden("llama-gqa", dst);
+}
+
+fn copy_golden(name: &str, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
-    for f in [
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        std::fs::copy(golden_dir("llama-gqa").join(f), dst.join(f)).unwrap();
+    for e in std::fs::read_dir(golden_dir(name)).unwrap().flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        if !f.starts_with("golden") {
+            std::fs::copy(e.path(), dst.join(&f)).unwrap();
+        }
     }
 }
 
 /// Rewrites model.safetensors with `f(tensor name, index, value)` applied to every f32.
 fn edit_weights(dir: &Path, f: impl Fn(&str, usize, f32) -> f32) {
-    let path = dir.join("model.safetensors");
+    edit_file(dir, "model.safetensors", f)
+}
+
+fn edit_file(dir: &Path, file: &str, f: impl Fn(&str, usize, f32) -> f32) {
+    let path = dir.join(file);
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
@@ -566,6 +571,122 @@ fn swaps_under_load_with_zero_failed_requests_validation_and_rollback() {
     let moves = history["history"].as_array().unwrap();
     assert!(moves.iter().any(|e| e["reason"] == "rollback"));
     let _: PathBuf = tmp;
+}
+
+#[test]
+fn the_cost_model_follows_its_alias_too() {
+    let tmp = fresh_tmp("registry-cost");
+    let reg = tmp.join("registry");
+    let log = tmp.join("log");
+    let (c1, c2) = (tmp.join("cost1"), tmp.join("cost2"));
+    copy_golden("llama-gqa-score", &c1);
+    copy_golden("llama-gqa-score", &c2);
+    // The second version scores everything 5 higher (the head is in both files).
+    for file in ["model.safetensors", "score_head.safetensors"] {
+        edit_file(&c2, file, |name, _, x| {
+            if name == "score_head.bias" {
+                x + 5.0
+            } else {
+                x
+            }
+        });
+    }
+    let root = path_str(&reg).to_string();
+    let publish_cost = |dir: &Path| {
+        let target = format!("{root}/cost");
+        train(&[
+            "registry",
+            "publish",
+            &target,
+            "--model",
+            path_str(dir),
+            "--kind",
+            "cost",
+        ])["version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (v1, v2) = (publish_cost(&c1), publish_cost(&c2));
+    train(&["registry", "promote", &format!("{root}/cost"), &v1]);
+    let spec = format!("registry:{root}/cost@champion");
+    let s = Server::start(&[
+        "--model",
+        path_str(&golden_dir("llama-gqa")),
+        "--served-model-name",
+        "tiny",
+        "--cost-model",
+        &spec,
+        "--gate-action",
+        "annotate",
+        "--registry-poll-secs",
+        "0.5",
+        "--log-dir",
+        path_str(&log),
+        "--log-fsync",
+        "always",
+    ]);
+    let cost = || {
+        let body = json!({"model": "tiny", "prompt": PROMPTS[0], "max_tokens": MAX_TOKENS,
+            "temperature": 0, "ignore_eos": true});
+        let v: Value = reqwest::blocking::Client::new()
+            .post(s.url("/v1/completions"))
+            .json(&body)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["choices"][0]["safety"]["cost"].as_f64().unwrap()
+    };
+    let before = cost();
+    train(&["registry", "promote", &format!("{root}/cost"), &v2]);
+    let t = Instant::now();
+    let after = loop {
+        let c = cost();
+        if (c - before - 5.0).abs() < 1e-3 {
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still {c} (was {before})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(after > before);
+    let (records, _) = safeloop_shared::trajlog::LogReader::new(&log)
+        .read_since(Default::default(), true)
+        .unwrap();
+    let first = records.first().unwrap();
+    let last = records.last().unwrap();
+    assert_eq!(first.cost_version.as_deref(), Some(v1.as_str()));
+    assert_eq!(last.cost_version.as_deref(), Some(v2.as_str()));
+    assert!((last.cost.unwrap() as f64 - after).abs() < 1e-4);
+    // A policy version promoted under the cost model's name is refused by kind.
+    let policy = tmp.join("policy");
+    copy_model(&policy);
+    let target = format!("{root}/cost");
+    let pv = train(&[
+        "registry",
+        "publish",
+        &target,
+        "--model",
+        path_str(&policy),
+        "--kind",
+        "policy",
+    ])["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    train(&["registry", "promote", &target, &pv]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        (cost() - after).abs() < 1e-4,
+        "the cost model must not change"
+    );
+    assert!(s
+        .stderr()
+        .iter()
+        .any(|l| l.contains("refused") && l.contains("not a cost model")));
 }
 
 /// moto's standalone S3-compatible server (from the test venv), killed on drop.
