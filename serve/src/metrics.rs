@@ -203,7 +203,7 @@ impl Metrics {
             swaps: IntCounterVec::new(
                 Opts::new(
                     "safeloop_model_swaps_total",
-                    "Model version changes by role and outcome (swapped, refused)",
+                    "Model version changes (the first load included) by role and outcome (swapped, refused)",
                 ),
                 &["role", "outcome"],
             )
