@@ -138,6 +138,21 @@ fn promote(reg: &Path, version: &str) {
     promote_in(path_str(reg), version, &[])
 }
 
+/// A server following `champion` of ROOT/tiny (polled every 0.5 s), served as `tiny`.
+fn follow(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let spec = format!("registry:{model}@champion");
+    let mut args = vec![
+        "--model",
+        &spec,
+        "--served-model-name",
+        "tiny",
+        "--registry-poll-secs",
+        "0.5",
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with_env(&args, env)
+}
+
 /// One answer as a client saw it.
 #[derive(Debug)]
 struct Answer {
@@ -415,16 +430,10 @@ fn swaps_under_load_with_zero_failed_requests_validation_and_rollback() {
     std::fs::write(&stored, bytes).unwrap();
     promote(&reg, &v1);
 
-    let spec = format!("registry:{}/tiny@champion", reg.display());
     // Every load takes ≥ 300 ms, so a second swap request meets the first one in progress.
-    let s = Server::start_with_env(
+    let s = follow(
+        &format!("{}/tiny", reg.display()),
         &[
-            "--model",
-            &spec,
-            "--served-model-name",
-            "tiny",
-            "--registry-poll-secs",
-            "0.5",
             "--admin-key",
             ADMIN,
             "--log-dir",
@@ -767,18 +776,9 @@ fn publish_promote_and_swap_through_an_s3_compatible_store() {
     .into();
 
     let cache = tmp.join("cache");
-    let spec = format!("registry:{root}/tiny@champion");
-    let s = Server::start_with_env(
-        &[
-            "--model",
-            &spec,
-            "--served-model-name",
-            "tiny",
-            "--registry-poll-secs",
-            "0.5",
-            "--registry-cache",
-            path_str(&cache),
-        ],
+    let s = follow(
+        &format!("{root}/tiny"),
+        &["--registry-cache", path_str(&cache)],
         &env,
     );
     let traffic = Traffic::start(&s.base);
