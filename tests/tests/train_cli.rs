@@ -343,6 +343,25 @@ fn dpo_prefers_the_better_responses() {
 #[test]
 fn sweep_trains_shaping_and_ppo_lag_and_plots_them_together() {
     let dir = tmp("sweep");
+    // Several policies come out of a sweep: --publish is refused before any work, naming why.
+    let (ok, _, err) = train(&[
+        "sweep",
+        "--actor",
+        s(&golden_dir("llama-gqa")),
+        "--reward-model",
+        "token-fraction:4:256:10",
+        "--prompts",
+        s(&data("pku_saferlhf_train.jsonl")),
+        "--out",
+        s(&dir),
+        "--publish",
+        s(&dir.join("registry/x")),
+    ]);
+    assert!(
+        !ok && err.contains("--publish") && err.contains("registry publish"),
+        "{err}"
+    );
+    assert!(!dir.join("registry").exists());
     let (ok, stdout, err) = train(&[
         "sweep",
         "--actor",

@@ -170,14 +170,22 @@ fn run(cli: Cli) -> Result<()> {
             args,
             reward_shaping,
         } => {
-            let r = safeloop_train::ppo::run(
+            let mut r = safeloop_train::ppo::run(
                 &args,
                 safeloop_train::ppo::Algorithm::Ppo,
                 reward_shaping,
             )?;
+            let policy = PathBuf::from(r.summary["policy"].as_str().unwrap_or_default());
+            args.publish
+                .apply(&policy, ModelKind::Policy, &mut r.summary)?;
             println!("{}", r.summary);
         }
         Command::Sweep(args) => {
+            if args.ppo.publish.publish.is_some() {
+                anyhow::bail!(
+                    "--publish: a sweep trains one policy per setting; publish the one you pick with `safeloop-train registry publish`"
+                );
+            }
             let summary = safeloop_train::ppo::sweep::sweep(&args)?;
             println!("{summary}");
         }
