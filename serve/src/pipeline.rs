@@ -238,3 +238,133 @@ pub async fn run<W: Wire>(st: &Shared, p: Prepared, mut wire: W) -> Result<Respo
     }
     Ok(crate::routes::sse(rx, p.keep_alive))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline with a recording wire on the tiny golden model: admission comes first,
+    //! a complete response goes through `complete`, a live stream through `opening` / `live`
+    //! / `usage` and ends with `[DONE]`.
+    use super::*;
+    use crate::config::{ServeArgs, ServeConfig};
+    use crate::state::AppState;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Recorder {
+        fn push(&self, s: String) {
+            self.0.lock().unwrap().push(s);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Wire for Recorder {
+        const PROMPT_PARAM: &'static str = "prompt";
+        fn opening(&mut self, windowed: bool) -> Vec<Event> {
+            self.push(format!("opening windowed={windowed}"));
+            vec![Event::default().data("opening")]
+        }
+        fn live(&mut self, i: usize, u: SeqUpdate) -> Option<Event> {
+            self.push(format!("live {i} finished={}", u.finished.is_some()));
+            Some(Event::default().data(format!("live {i}")))
+        }
+        fn release(&mut self, r: stream_gate::Release) -> Event {
+            self.push(format!("release {}", r.index));
+            Event::default().data("release")
+        }
+        fn usage(&self, usage: Usage) -> Event {
+            self.push(format!("usage {}", usage.completion_tokens));
+            Event::default().data("usage")
+        }
+        fn complete(self, choices: Vec<Gated>, usage: Usage) -> Response {
+            self.push(format!(
+                "complete {} choices, {} tokens",
+                choices.len(),
+                usage.completion_tokens
+            ));
+            "done".into_response()
+        }
+        fn held(self, choices: Vec<Gated>) -> Vec<Event> {
+            self.push(format!("held {}", choices.len()));
+            vec![]
+        }
+    }
+
+    async fn state(max_queued: usize) -> Shared {
+        let model =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/llama-gqa");
+        let cfg = ServeConfig::resolve(ServeArgs {
+            model: Some(model),
+            max_running: Some(1),
+            max_queued: Some(max_queued),
+            ..Default::default()
+        })
+        .unwrap();
+        let st: Shared = Arc::new(AppState::new(cfg, candle_core::Device::Cpu, None));
+        crate::swap::load_initial(&st).await.unwrap();
+        st
+    }
+
+    fn prepared(st: &Shared, stream: bool) -> Prepared {
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens: Some(3),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        Prepared {
+            served: st.policy().unwrap(),
+            request_id: "req-test".into(),
+            jobs: vec![(vec![5, 6, 7], params.clone()), (vec![5, 6, 7], params)],
+            n: 2,
+            prompt_tokens: 3,
+            conversations: vec![vec![ChatMessage::new("user", "hi")]],
+            stream,
+            include_usage: true,
+            policy: st.cfg.gate.clone(),
+            keep_alive: 10,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admission_comes_before_any_work() {
+        let st = state(0).await;
+        let wire = Recorder::default();
+        let e = run(&st, prepared(&st, false), wire.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.status.as_u16(), 429);
+        assert!(wire.calls().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn complete_and_live_stream_deliveries() {
+        let st = state(8).await;
+        let wire = Recorder::default();
+        let resp = run(&st, prepared(&st, false), wire.clone()).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(wire.calls(), ["complete 2 choices, 6 tokens"]);
+
+        let wire = Recorder::default();
+        let resp = run(&st, prepared(&st, true), wire.clone()).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        let calls = wire.calls();
+        assert_eq!(calls[0], "opening windowed=false");
+        assert_eq!(calls.iter().filter(|c| c.starts_with("live")).count(), 6);
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| c.ends_with("finished=true"))
+                .count(),
+            2
+        );
+        assert_eq!(calls.last().unwrap(), "usage 6");
+    }
+}
