@@ -579,7 +579,6 @@ fn swaps_under_load_with_zero_failed_requests_validation_and_rollback() {
     let history = train(&["registry", "show", &format!("{}/tiny", reg.display())]);
     let moves = history["history"].as_array().unwrap();
     assert!(moves.iter().any(|e| e["reason"] == "rollback"));
-    let _: PathBuf = tmp;
 }
 
 #[test]

@@ -160,18 +160,19 @@ pub fn version_id(files: &[FileEntry]) -> String {
         .collect()
 }
 
-/// Hashes a model's files (the content hash the version id and fingerprint come from).
-pub fn hash_files(src: &Path) -> Result<Vec<FileEntry>, RegistryError> {
-    model_files(src)?
-        .into_iter()
+/// Hashes a model's files, as [`model_files`] lists them (the content hash the version id
+/// and fingerprint come from).
+pub fn hash_files(files: &[(String, PathBuf)]) -> Result<Vec<FileEntry>, RegistryError> {
+    files
+        .iter()
         .map(|(rel, p)| {
-            let size = std::fs::metadata(&p)
+            let size = std::fs::metadata(p)
                 .map_err(|e| RegistryError::Io(format!("{}: {e}", p.display())))?
                 .len();
             let sha256 =
-                crate::assets::sha256_file(&p).map_err(|e| RegistryError::Io(e.to_string()))?;
+                crate::assets::sha256_file(p).map_err(|e| RegistryError::Io(e.to_string()))?;
             Ok(FileEntry {
-                path: rel,
+                path: rel.clone(),
                 sha256,
                 size,
             })
@@ -181,5 +182,5 @@ pub fn hash_files(src: &Path) -> Result<Vec<FileEntry>, RegistryError> {
 
 /// The content hash of a model directory or file, as a version id.
 pub fn content_version(src: &Path) -> Result<String, RegistryError> {
-    Ok(version_id(&hash_files(src)?))
+    Ok(version_id(&hash_files(&model_files(src)?)?))
 }

@@ -225,7 +225,7 @@ impl Registry {
     pub fn publish(&self, name: &str, src: &Path, opts: &PublishOptions) -> Result<Published> {
         check_name(name)?;
         let locals = model_files(src)?;
-        let files = hash_files(src)?;
+        let files = hash_files(&locals)?;
         let version = version_id(&files);
         if let Some(existing) = self.manifest_opt(name, &version)? {
             return Ok(Published {
