@@ -33,10 +33,10 @@ done
 echo "== PPO-Lag iteration split (rollout / scoring / training)"
 P=../shared/data/pku_saferlhf_train.jsonl
 $T ppo-lag --actor "$GOLDEN/llama-gqa" --reward-model token-fraction:4:256:10 --cost-model token-fraction:4:130:10:-2 \
-  --prompts $P --out /tmp/safeloop-bench-tiny --max-iterations 5 --prompt-batch-size 16 --max-new-tokens 32 --ignore-eos \
+  --prompts $P --out /tmp/safeloop-bench-tiny --max-steps 5 --prompt-batch-size 16 --max-new-tokens 32 --ignore-eos \
   2>/dev/null | python3 -c "import json,sys; r=json.load(sys.stdin); print('tiny:', {k: round(r[k], 3) for k in ('mean_rollout_s','mean_scoring_s','mean_training_s','mean_sync_s')})"
 if [ -d runs/cost/model ] && [ -d runs/reward/model ]; then
   $T ppo-lag --actor assets/smollm2/hf-f32 --reward-model runs/reward/model --cost-model runs/cost/model \
-    --prompts $P --out /tmp/safeloop-bench-smol --max-iterations 2 --prompt-batch-size 8 --max-new-tokens 64 --freeze-layers 24 \
+    --prompts $P --out /tmp/safeloop-bench-smol --max-steps 2 --prompt-batch-size 8 --max-new-tokens 64 --freeze-layers 24 \
     2>/dev/null | python3 -c "import json,sys; r=json.load(sys.stdin); print('SmolLM2:', {k: round(r[k], 3) for k in ('mean_rollout_s','mean_scoring_s','mean_training_s','mean_sync_s')})"
 fi

@@ -18,9 +18,9 @@ for m in runs/reward/model runs/cost/model assets/smollm2/hf-f32; do
 done
 $T ppo-lag --actor assets/smollm2/hf-f32 --reward-model runs/reward/model --cost-model runs/cost/model \
   --prompts "$D/pku_saferlhf_train.jsonl" "$D/pku_safety_pairs_train.jsonl" --out "$OUT" \
-  --epochs 2 --max-iterations 150 --prompt-batch-size 8 --max-new-tokens 64 --freeze-layers 24 \
-  --actor-lr 5e-5 --actor-lr-scheduler constant --critic-lr 1e-4 --kl-coeff 0.05 --threshold "$THRESHOLD" \
+  --epochs 2 --max-steps 150 --prompt-batch-size 8 --max-new-tokens 64 --freeze-layers 24 \
+  --actor-lr 5e-5 --lr-scheduler constant --critic-lr 1e-4 --kl-coeff 0.05 --threshold "$THRESHOLD" \
   --save-every 25
 $T eval --policy "$OUT/policy" --against assets/smollm2/hf-f32 \
   --cost-model runs/cost/model --reward-model runs/reward/model \
-  --prompts "$D/pku_saferlhf_dev.jsonl" "$D/pku_safety_pairs_dev.jsonl" --max-tokens 64 --out "$OUT-eval"
+  --prompts "$D/pku_saferlhf_dev.jsonl" "$D/pku_safety_pairs_dev.jsonl" --max-new-tokens 64 --out "$OUT-eval"

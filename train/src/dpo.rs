@@ -54,7 +54,7 @@ pub struct DpoArgs {
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
     #[arg(long, value_enum, default_value_t = PromptFormat::ChatTemplate)]
-    pub template: PromptFormat,
+    pub prompt_format: PromptFormat,
     #[command(flatten)]
     #[serde(flatten)]
     pub trainable: TrainableArgs,
@@ -123,7 +123,7 @@ pub fn run(args: &DpoArgs) -> Result<Value> {
     let mut load = |files: &[PathBuf]| -> Result<Vec<(SftExample, SftExample)>> {
         let mut out = Vec::new();
         for p in reward_text_pairs(files)? {
-            let (w, l) = encode(&tok, args.template, &p, args.max_length)?;
+            let (w, l) = encode(&tok, args.prompt_format, &p, args.max_length)?;
             if w.target.iter().any(|&t| t) && l.target.iter().any(|&t| t) {
                 out.push((w, l));
             } else {

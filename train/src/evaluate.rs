@@ -6,10 +6,10 @@
 
 use crate::data::prompts::{self, Prompt};
 use crate::plots::{self, Series};
-use crate::rollout::{Policy, PromptFormat};
+use crate::rollout::{Policy, SamplingArgs};
 use anyhow::{bail, Context, Result};
-use safeloop_shared::engine::{EngineConfig, SamplingParams};
-use safeloop_shared::scoring::{ScoreFormat, Scorer};
+use safeloop_shared::engine::EngineConfig;
+use safeloop_shared::scoring::Scorer;
 use safeloop_shared::{ChatMessage, LoadOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -36,17 +36,11 @@ pub struct EvalArgs {
     /// At most this many prompts per file (0 = all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
-    #[arg(long, default_value_t = 128)]
-    pub max_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
+    /// Answers are greedy unless `--temperature` is given.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = PromptFormat::ChatTemplate)]
-    pub prompt_format: PromptFormat,
     /// How the score models see a conversation: safe-rlhf or chat-template.
     #[arg(long, default_value = "safe-rlhf")]
     pub score_format: String,
@@ -64,14 +58,12 @@ struct Answer {
 }
 
 fn answer_all(policy_path: &Path, prompts: &[Prompt], args: &EvalArgs) -> Result<Vec<Answer>> {
-    let mut policy = Policy::load(policy_path, args.prompt_format, EngineConfig::default())?;
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        max_tokens: Some(args.max_tokens),
-        ..Default::default()
-    };
-    params.validate()?;
+    let mut policy = Policy::load(
+        policy_path,
+        args.sampling.prompt_format,
+        EngineConfig::default(),
+    )?;
+    let params = args.sampling.params(0.0)?;
     let convs: Vec<Vec<ChatMessage>> = prompts
         .iter()
         .map(|p| vec![ChatMessage::new("user", &p.text)])
@@ -187,11 +179,7 @@ fn arena(red: &[Answer], blue: &[Answer]) -> Value {
 
 pub fn run(args: &EvalArgs) -> Result<Value> {
     let started = Instant::now();
-    let score_format = match args.score_format.as_str() {
-        "safe-rlhf" => ScoreFormat::SafeRlhf,
-        "chat-template" => ScoreFormat::ChatTemplate,
-        other => bail!("--score-format: `{other}` is not safe-rlhf or chat-template"),
-    };
+    let score_format = crate::score::train::parse_score_format(&args.score_format)?;
     let mut prompts = Vec::new();
     for f in &args.prompts {
         let mut p = prompts::read(f, &args.eval_sets)?;
@@ -338,8 +326,8 @@ pub fn run(args: &EvalArgs) -> Result<Value> {
         "prompts": prompts.len(),
         "cost_model": args.cost_model.display().to_string(),
         "reward_model": args.reward_model.as_ref().map(|p| p.display().to_string()),
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
+        "max_new_tokens": args.sampling.max_new_tokens,
+        "temperature": args.sampling.temperature.unwrap_or(0.0),
     });
     for ((name, answers), (_, path)) in sides.iter().zip(&policies) {
         let mut s = summarize(answers, &prompts);

@@ -159,25 +159,22 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::PpoLag(args) => {
-            let mut r =
-                safeloop_train::ppo::run(&args, safeloop_train::ppo::Algorithm::PpoLag, None)?;
-            let policy = PathBuf::from(r.summary["policy"].as_str().unwrap_or_default());
+            let mut r = safeloop_train::ppo::run(&args, safeloop_train::ppo::Objective::PpoLag)?;
             args.publish
-                .apply(&policy, ModelKind::Policy, &mut r.summary)?;
+                .apply(&r.policy, ModelKind::Policy, &mut r.summary)?;
             println!("{}", r.summary);
         }
         Command::Ppo {
             args,
             reward_shaping,
         } => {
-            let mut r = safeloop_train::ppo::run(
-                &args,
-                safeloop_train::ppo::Algorithm::Ppo,
-                reward_shaping,
-            )?;
-            let policy = PathBuf::from(r.summary["policy"].as_str().unwrap_or_default());
+            let objective = match reward_shaping {
+                Some(nu) => safeloop_train::ppo::Objective::RewardShaping(nu),
+                None => safeloop_train::ppo::Objective::Ppo,
+            };
+            let mut r = safeloop_train::ppo::run(&args, objective)?;
             args.publish
-                .apply(&policy, ModelKind::Policy, &mut r.summary)?;
+                .apply(&r.policy, ModelKind::Policy, &mut r.summary)?;
             println!("{}", r.summary);
         }
         Command::Sweep(args) => {

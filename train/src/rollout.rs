@@ -21,6 +21,47 @@ pub enum PromptFormat {
     SafeRlhf,
 }
 
+/// The sampling flags of every command that generates (`ppo-lag`, `ppo`, `sweep`, `round`, `eval`), defined once.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct SamplingArgs {
+    /// Tokens generated per answer at most.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature [default: 1 for training rollouts, 0 (greedy) for evaluation].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Generate exactly max-new-tokens (no EOS stop; synthetic tasks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// How a prompt is shown to the policy.
+    #[arg(long, value_enum, default_value_t = PromptFormat::ChatTemplate)]
+    pub prompt_format: PromptFormat,
+}
+
+impl SamplingArgs {
+    /// Engine sampling parameters, with `default_temperature` unless `--temperature` was given; validated.
+    pub fn params(&self, default_temperature: f32) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature.unwrap_or(default_temperature),
+            top_p: self.top_p,
+            max_tokens: Some(self.max_new_tokens),
+            ignore_eos: self.ignore_eos,
+            ..Default::default()
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// The same settings, greedy (evaluation).
+    pub fn greedy(&self) -> Result<SamplingParams> {
+        let mut p = self.params(0.0)?;
+        p.temperature = 0.0;
+        Ok(p)
+    }
+}
+
 /// One finished generation.
 #[derive(Debug, Clone)]
 pub struct Generated {

@@ -38,7 +38,7 @@ pub struct SftArgs {
     pub out: PathBuf,
     /// Prompt rendering: the model's chat template (default) or the safe-rlhf template.
     #[arg(long, value_enum, default_value_t = PromptFormat::ChatTemplate)]
-    pub template: PromptFormat,
+    pub prompt_format: PromptFormat,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     #[arg(long, default_value_t = 8)]
@@ -135,16 +135,16 @@ pub fn run(args: &SftArgs) -> Result<Value> {
     }
     tch::manual_seed(args.run.seed as i64);
     let (tok, pad) = crate::score::train::load_tokenizer(&args.model)?;
-    if args.template == PromptFormat::ChatTemplate && tok.chat_template().is_none() {
+    if args.prompt_format == PromptFormat::ChatTemplate && tok.chat_template().is_none() {
         bail!(
-            "{}: the model has no chat template; use --template safe-rlhf",
+            "{}: the model has no chat template; use --prompt-format safe-rlhf",
             args.model.display()
         );
     }
     let mut examples = Vec::new();
     for f in &args.data {
         for conv in sft_data::read(f)? {
-            let e = tokenize(&tok, args.template, &conv, args.max_length)
+            let e = tokenize(&tok, args.prompt_format, &conv, args.max_length)
                 .with_context(|| format!("tokenising {}", f.display()))?;
             if e.target.iter().any(|&t| t) {
                 examples.push(e);

@@ -2,11 +2,11 @@
 //! prompts and seeds; every resulting policy (and the starting one) then answers the same evaluation prompts, and
 //! their (mean reward, mean cost) land on one figure.
 
-use super::{run, scorers, Algorithm, PpoArgs};
+use super::{run, scorers, Objective, PpoArgs};
 use crate::plots::{scatter, Series};
 use crate::rollout::Policy;
 use anyhow::Result;
-use safeloop_shared::engine::{EngineConfig, SamplingParams};
+use safeloop_shared::engine::EngineConfig;
 use safeloop_shared::ChatMessage;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -34,15 +34,10 @@ pub fn evaluate_policy(
     reward: &dyn scorers::EpisodeScorer,
     cost: &dyn scorers::EpisodeScorer,
 ) -> Result<(f64, f64)> {
-    let mut policy = Policy::load(path, args.prompt_format, EngineConfig::default())?;
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        max_tokens: Some(args.max_new_tokens),
-        ignore_eos: args.ignore_eos,
-        ..Default::default()
-    };
-    let eps = policy.generate(prompts, &params, args.seed.wrapping_add(0x5eed))?;
+    let s = &args.settings;
+    let mut policy = Policy::load(path, s.sampling.prompt_format, EngineConfig::default())?;
+    let params = s.sampling.params(1.0)?;
+    let eps = policy.generate(prompts, &params, s.run.seed.wrapping_add(0x5eed))?;
     let r = reward.score(prompts, &eps)?;
     let c = cost.score(prompts, &eps)?;
     Ok((
@@ -66,24 +61,16 @@ pub fn sweep(args: &SweepArgs) -> Result<Value> {
     for &nu in &args.nus {
         let mut a = args.ppo.clone();
         a.out = base.join(format!("shaping-{nu}"));
-        let r = run(&a, Algorithm::Ppo, Some(nu))?;
-        runs.push((
-            format!("reward shaping ν={nu}"),
-            PathBuf::from(r.summary["policy"].as_str().unwrap_or_default()),
-            Some(nu),
-        ));
+        let r = run(&a, Objective::RewardShaping(nu))?;
+        runs.push((format!("reward shaping ν={nu}"), r.policy, Some(nu)));
     }
     let mut a = args.ppo.clone();
     a.out = base.join("ppo-lag");
-    let r = run(&a, Algorithm::PpoLag, None)?;
-    runs.push((
-        "PPO-Lag".into(),
-        PathBuf::from(r.summary["policy"].as_str().unwrap_or_default()),
-        None,
-    ));
+    let r = run(&a, Objective::PpoLag)?;
+    runs.push(("PPO-Lag".into(), r.policy, None));
 
     // The scorers are loaded once and judge every policy.
-    let score_format = crate::score::train::parse_score_format(&args.ppo.score_format)?;
+    let score_format = crate::score::train::parse_score_format(&args.ppo.settings.score_format)?;
     let reward_scorer = scorers::load(&args.ppo.reward_model, score_format)?;
     let cost_scorer = scorers::load(
         args.ppo.cost_model.as_deref().unwrap_or_default(),
@@ -114,7 +101,7 @@ pub fn sweep(args: &SweepArgs) -> Result<Value> {
         &series,
         false,
     )?;
-    let out = json!({"policies": table, "threshold": args.ppo.threshold, "eval_prompts": prompts.len(),
+    let out = json!({"policies": table, "threshold": args.ppo.settings.constraint.threshold, "eval_prompts": prompts.len(),
         "plots": plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()});
     std::fs::write(base.join("sweep.json"), serde_json::to_string_pretty(&out)?)?;
     Ok(out)
