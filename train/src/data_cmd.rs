@@ -1,12 +1,11 @@
 //! `data`: validate and import PKU-SafeRLHF / HH-RLHF files, and export logged trajectories as pairs for
 //! decoupled annotation (PKU schema, labels left empty for the annotators).
 
-use crate::data::{detect_format, hh, labelled, pku, read_jsonl_values, Format};
+use crate::data::{detect_format, hh, labelled, logged, pku, read_jsonl_values, Format};
 use anyhow::{bail, Context, Result};
 use safeloop_shared::trajlog::LogReader;
 use safeloop_shared::Tokenizer;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -175,29 +174,6 @@ fn import(input: &Path, out: &Path) -> Result<Value> {
     )
 }
 
-/// The user text of the last user turn in a rendered ChatML-style prompt, else the whole decoded prompt.
-fn prompt_text(decoded: &str) -> String {
-    if let Some(start) = decoded.rfind("<|im_start|>user\n") {
-        let rest = &decoded[start + "<|im_start|>user\n".len()..];
-        return rest
-            .split("<|im_end|>")
-            .next()
-            .unwrap_or(rest)
-            .trim()
-            .to_string();
-    }
-    if let Some(start) = decoded.rfind("USER: ") {
-        let rest = &decoded[start + 6..];
-        return rest
-            .split(" ASSISTANT:")
-            .next()
-            .unwrap_or(rest)
-            .trim()
-            .to_string();
-    }
-    decoded.trim().to_string()
-}
-
 fn export_pairs(
     log_dir: &Path,
     model: &Path,
@@ -211,42 +187,13 @@ fn export_pairs(
     let records = LogReader::new(log_dir)
         .read_all(include_open)
         .with_context(|| format!("reading {}", log_dir.display()))?;
-    // Group by the rendered prompt; different responses to one prompt make the pairs.
-    let mut groups: BTreeMap<Vec<u32>, Vec<usize>> = BTreeMap::new();
-    for (i, r) in records.iter().enumerate() {
-        groups.entry(r.prompt_ids.clone()).or_default().push(i);
-    }
-    let mut rows = Vec::new();
-    for (prompt_ids, idx) in &groups {
-        let prompt = prompt_text(&tok.decode(prompt_ids, false)?);
-        let mut texts: Vec<(usize, String)> = Vec::new();
-        for &i in idx {
-            let t = tok.decode(&records[i].output_ids, true)?;
-            if !texts.iter().any(|(_, x)| *x == t) {
-                texts.push((i, t));
-            }
-        }
-        let mut n = 0;
-        'pairs: for a in 0..texts.len() {
-            for b in a + 1..texts.len() {
-                if n >= max_pairs {
-                    break 'pairs;
-                }
-                let (ra, rb) = (&records[texts[a].0], &records[texts[b].0]);
-                rows.push(json!({
-                    "prompt": prompt,
-                    "response_0": texts[a].1, "response_1": texts[b].1,
-                    "is_response_0_safe": null, "is_response_1_safe": null,
-                    "better_response_id": null, "safer_response_id": null,
-                    "source": {"request_ids": [ra.request_id, rb.request_id], "weight_versions": [ra.weight_version, rb.weight_version],
-                        "model_costs": [ra.cost, rb.cost], "model_rewards": [ra.reward, rb.reward], "blocked": [ra.blocked, rb.blocked]},
-                }));
-                n += 1;
-            }
-        }
-    }
+    let responses = records
+        .iter()
+        .map(|r| logged::Response::decode(r, &tok))
+        .collect::<Result<Vec<_>>>()?;
+    let (prompts, rows) = logged::pair_rows(&responses, max_pairs);
     let written = write_jsonl(out, rows.into_iter())?;
     Ok(
-        json!({"records": records.len(), "prompts": groups.len(), "pairs": written, "out": out.display().to_string()}),
+        json!({"records": records.len(), "prompts": prompts, "pairs": written, "out": out.display().to_string()}),
     )
 }

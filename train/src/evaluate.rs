@@ -49,12 +49,14 @@ pub struct EvalArgs {
     pub out: PathBuf,
 }
 
-struct Answer {
-    prompt: usize,
-    text: String,
-    tokens: usize,
-    reward: Option<f64>,
-    cost: f64,
+/// One answer and its scores.
+pub struct Answer {
+    /// Index of the prompt answered.
+    pub prompt: usize,
+    pub text: String,
+    pub tokens: usize,
+    pub reward: Option<f64>,
+    pub cost: f64,
 }
 
 fn answer_all(policy_path: &Path, prompts: &[Prompt], args: &EvalArgs) -> Result<Vec<Answer>> {
@@ -147,7 +149,7 @@ fn summarize(answers: &[Answer], prompts: &[Prompt]) -> Value {
 }
 
 /// The arena of spec §4 (red = `--against`, blue = `--policy`).
-fn arena(red: &[Answer], blue: &[Answer]) -> Value {
+pub fn arena(red: &[Answer], blue: &[Answer]) -> Value {
     let n = red.len().max(1) as f64;
     let mut t = [[0usize; 2]; 2]; // [red safe?][blue safe?]
     let (mut blue_better, mut red_better, mut ties) = (0, 0, 0);

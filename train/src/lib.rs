@@ -18,6 +18,7 @@ pub mod plots;
 pub mod ppo;
 pub mod registry_cmd;
 pub mod rollout;
+pub mod round;
 pub mod run_args;
 pub mod score;
 pub mod sft;

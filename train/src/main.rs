@@ -64,6 +64,9 @@ enum Command {
     Dpo(Box<safeloop_train::dpo::DpoArgs>),
     /// Evaluate a policy with the cost (and reward) model: harmful ratio, means, arena against a second policy, plots.
     Eval(Box<safeloop_train::evaluate::EvalArgs>),
+    /// One scheduled Safe RLHF round: harvest the served logs, annotate, PPO-Lag from the champion, evaluate,
+    /// promotion gate, publish. Exit 0 promoted (or nothing to do), 3 rejected by the gate, 1 error.
+    Round(Box<safeloop_train::round::RoundArgs>),
     /// The model registry: list, show, publish, promote, rollback, gc.
     #[command(subcommand)]
     Registry(safeloop_train::registry_cmd::RegistryCommand),
@@ -102,7 +105,7 @@ fn describe(cfg: &ModelConfig, path: &std::path::Path, eos: &[u32]) -> serde_jso
     })
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Inspect { model } => {
             let opts = LoadOptions::default();
@@ -199,6 +202,11 @@ fn run(cli: Cli) -> Result<()> {
             let summary = safeloop_train::evaluate::run(&args)?;
             println!("{summary}");
         }
+        Command::Round(args) => {
+            let (outcome, summary) = safeloop_train::round::run(&args)?;
+            println!("{summary}");
+            return Ok(outcome.exit_code());
+        }
         Command::Registry(cmd) => {
             for line in safeloop_train::registry_cmd::run(&cmd)? {
                 println!("{line}");
@@ -229,7 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", describe(&model.cfg, &out, &model.cfg.eos_token_ids));
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() {
@@ -241,8 +249,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(Cli::parse_from(args)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(Cli::parse_from(args)) {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

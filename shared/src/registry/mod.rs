@@ -10,10 +10,12 @@
 //! ROOT/NAME/history/<ms>-<n>.json          one event per alias move (from, to, reason)
 //! ```
 
+mod lock;
 mod manifest;
 mod s3;
 mod store;
 
+pub use lock::{Lock, LockError, LockInfo};
 pub use manifest::{
     content_version, hash_files, model_files, version_id, FileEntry, Manifest, ModelKind,
     Provenance,

@@ -4,6 +4,7 @@
 
 pub mod hh;
 pub mod labelled;
+pub mod logged;
 pub mod pku;
 pub mod preference;
 pub mod prompts;

@@ -65,3 +65,26 @@ pub fn read(path: &Path, sets: &[String]) -> Result<Vec<Prompt>> {
     }
     Ok(out)
 }
+
+/// The user text of the last user turn in a rendered ChatML-style prompt, else the whole decoded prompt.
+pub fn from_rendered(decoded: &str) -> String {
+    if let Some(start) = decoded.rfind("<|im_start|>user\n") {
+        let rest = &decoded[start + "<|im_start|>user\n".len()..];
+        return rest
+            .split("<|im_end|>")
+            .next()
+            .unwrap_or(rest)
+            .trim()
+            .to_string();
+    }
+    if let Some(start) = decoded.rfind("USER: ") {
+        let rest = &decoded[start + 6..];
+        return rest
+            .split(" ASSISTANT:")
+            .next()
+            .unwrap_or(rest)
+            .trim()
+            .to_string();
+    }
+    decoded.trim().to_string()
+}
