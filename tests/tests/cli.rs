@@ -94,3 +94,81 @@ fn train_inspect_reports_a_score_model() {
     assert_eq!(v["score_dim"], 1);
     assert_eq!(v["kv_heads"], 2);
 }
+
+#[test]
+fn loadgen_sends_the_prompts_of_files_and_the_server_logs_them() {
+    use safeloop_tests::{data_file, fresh_tmp, jsonl_head, path_str, Server};
+    let tmp = fresh_tmp("loadgen-prompts");
+    let (pku, redteam) = (tmp.join("pku.jsonl"), tmp.join("redteam.jsonl"));
+    jsonl_head(&data_file("pku_saferlhf_train.jsonl"), 5, &pku);
+    jsonl_head(&data_file("redteam_eval_prompts.jsonl"), 4, &redteam);
+    let log = tmp.join("log");
+    let server = Server::start(&[
+        "--model",
+        path_str(&golden_dir("llama-gqa")),
+        "--log-dir",
+        path_str(&log),
+    ]);
+    let out = Command::new(bin("safeloop-loadgen"))
+        .args([
+            "--url",
+            &server.base,
+            "-c",
+            "3",
+            "--max-tokens",
+            "6",
+            "--stop-at-eos",
+        ])
+        .args(["--json", "--prompts", path_str(&pku), path_str(&redteam)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // One request per prompt unless -n says otherwise.
+    assert_eq!(r["requests"], 9, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    server.terminate();
+    drop(server);
+    let records = safeloop_shared::trajlog::LogReader::new(&log)
+        .read_all(true)
+        .unwrap();
+    assert_eq!(records.len(), 9);
+    // Real prompts went out (not the synthetic story prompt): the first PKU prompt is among the logged ones.
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&pku)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let tok = safeloop_shared::load_causal_lm(&golden_dir("llama-gqa"), &Default::default())
+        .unwrap()
+        .tokenizer;
+    let want = first["prompt"].as_str().unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| tok.decode(&r.prompt_ids, false).unwrap().contains(want)),
+        "no logged prompt contains {want:?}"
+    );
+    // A malformed file is named.
+    std::fs::write(tmp.join("bad.jsonl"), "{\"text\": 1}\n").unwrap();
+    let out = Command::new(bin("safeloop-loadgen"))
+        .args([
+            "--url",
+            "http://127.0.0.1:9",
+            "--prompts",
+            path_str(&tmp.join("bad.jsonl")),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.jsonl:1"), "{err}");
+    std::fs::remove_dir_all(&tmp).ok();
+}

@@ -3,6 +3,9 @@
 //! percentiles. Loopback or your own hosts only.
 //!
 //! `safeloop-loadgen --url http://127.0.0.1:8000 --concurrency 4 --requests 32 --max-tokens 64`
+//!
+//! With `--prompts FILE…` the requests carry real prompts instead (JSONL rows with `prompt`, `instruction` +
+//! `input`, or chat `messages`), e.g. to put red-team traffic through a server whose trajectory log feeds a round.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -25,12 +28,18 @@ struct Args {
     /// Concurrent clients
     #[arg(long, short = 'c', default_value_t = 1)]
     concurrency: usize,
-    /// Total requests (spread over the clients)
-    #[arg(long, short = 'n', default_value_t = 16)]
-    requests: usize,
-    /// Tokens to generate per request (end-of-sequence ignored so every request is equal)
+    /// Total requests, spread over the clients [default: 16, or one per prompt with --prompts]
+    #[arg(long, short = 'n')]
+    requests: Option<usize>,
+    /// Tokens to generate per request (end-of-sequence ignored so every request is equal, unless --stop-at-eos)
     #[arg(long, default_value_t = 64)]
     max_tokens: u32,
+    /// Prompt files (JSONL: `prompt`, `instruction` + `input`, or chat `messages`); request i sends prompt i
+    #[arg(long, num_args = 1..)]
+    prompts: Vec<std::path::PathBuf>,
+    /// Let answers end at end-of-sequence (real traffic) instead of always generating --max-tokens
+    #[arg(long)]
+    stop_at_eos: bool,
     /// Sampling temperature (0 = greedy)
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -65,13 +74,60 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[idx.min(v.len() - 1)]
 }
 
-async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Result<Sample> {
+/// The user messages of a prompt file's rows.
+fn read_prompts(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+        let messages = if let Some(p) = v["prompt"].as_str() {
+            serde_json::json!([{"role": "user", "content": p}])
+        } else if let Some(i) = v["instruction"].as_str() {
+            let input = v["input"].as_str().unwrap_or("");
+            let content = if input.is_empty() {
+                i.to_string()
+            } else {
+                format!("{i}\n\n{input}")
+            };
+            serde_json::json!([{"role": "user", "content": content}])
+        } else if v["messages"].is_array() {
+            v["messages"].clone()
+        } else {
+            anyhow::bail!(
+                "{}:{}: no `prompt`, `instruction` or `messages`",
+                path.display(),
+                n + 1
+            );
+        };
+        out.push(messages);
+    }
+    Ok(out)
+}
+
+async fn one(
+    client: &reqwest::Client,
+    a: &Args,
+    model: &str,
+    prompts: &[serde_json::Value],
+    i: usize,
+) -> Result<Sample> {
+    let messages = if prompts.is_empty() {
+        serde_json::json!([{"role": "user", "content": format!("Write a short story about robot number {i}.")}])
+    } else {
+        prompts[i % prompts.len()].clone()
+    };
     let mut body = serde_json::json!({
         "model": model,
-        "messages": [{"role": "user", "content": format!("Write a short story about robot number {i}.")}],
+        "messages": messages,
         "max_tokens": a.max_tokens,
         "temperature": a.temperature,
-        "ignore_eos": true,
+        "ignore_eos": !a.stop_at_eos,
         "stream": !a.no_stream,
     });
     if !a.no_stream {
@@ -141,6 +197,16 @@ async fn one(client: &reqwest::Client, a: &Args, model: &str, i: usize) -> Resul
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let a = Arc::new(Args::parse());
+    let mut prompts = Vec::new();
+    for f in &a.prompts {
+        prompts.extend(read_prompts(f)?);
+    }
+    let prompts = Arc::new(prompts);
+    let requests = a.requests.unwrap_or(if prompts.is_empty() {
+        16
+    } else {
+        prompts.len()
+    });
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(a.timeout))
@@ -163,15 +229,21 @@ async fn main() -> Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency.max(1) {
-        let (client, a, model, next) = (client.clone(), a.clone(), model.clone(), next.clone());
+        let (client, a, model, next, prompts) = (
+            client.clone(),
+            a.clone(),
+            model.clone(),
+            next.clone(),
+            prompts.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= a.requests {
+                if i >= requests {
                     break;
                 }
-                out.push(one(&client, &a, &model, i).await);
+                out.push(one(&client, &a, &model, &prompts, i).await);
             }
             out
         }));
