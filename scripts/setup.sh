@@ -15,15 +15,22 @@ GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
 # The Python test environment (.venv, git-ignored), pinned in tests/python/requirements.txt: the official openai
-# SDK, and moto's standalone S3-compatible server for the object-store registry test. Reinstalled when the
-# requirements file changes.
+# SDK, moto's standalone S3-compatible server for the object-store registry test, and kubernetes-validate (the
+# Kubernetes API schemas) for the deploy/ test. Reinstalled when the requirements file changes.
 VENV="${SAFELOOP_VENV:-.venv}"
 REQ_SHA="$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)"
-if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$REQ_SHA" ] || ! "$VENV/bin/python" -c "import openai, moto" 2>/dev/null; then
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$REQ_SHA" ] || ! "$VENV/bin/python" -c "import openai, moto, kubernetes_validate" 2>/dev/null; then
   echo "setup: installing tests/python/requirements.txt into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
   echo "$REQ_SHA" > "$VENV/.requirements.sha256"
+fi
+
+# systemd-analyze (Debian package `systemd`) verifies the deploy/systemd units in the tests.
+if ! command -v systemd-analyze > /dev/null; then
+  echo "setup: installing the Debian package systemd (for systemd-analyze)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends systemd > /dev/null
 fi
 
 # libtorch 2.11 (CPU libraries) for the trainer.

@@ -245,3 +245,23 @@ pub fn jsonl_head(src: &std::path::Path, n: usize, dst: &std::path::Path) {
     )
     .unwrap();
 }
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A program of the Python test venv (`SAFELOOP_VENV`, default `.venv`, made by scripts/setup.sh).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let p = std::env::var_os("SAFELOOP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"))
+        .join("bin")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh",
+        p.display()
+    );
+    p
+}

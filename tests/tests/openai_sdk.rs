@@ -3,21 +3,12 @@
 //! and invalid requests against the real server, unmodified.
 
 use safeloop_tests::{golden_dir, Server};
-use std::path::PathBuf;
 use std::process::Command;
 
 #[test]
 fn unmodified_openai_sdk_talks_to_the_server() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = std::env::var_os("SAFELOOP_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv"))
-        .join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
+    let root = safeloop_tests::repo_root();
+    let python = safeloop_tests::venv_bin("python");
     let dir = golden_dir("llama-gqa");
     let s = Server::start(&["--model", dir.to_str().unwrap()]);
     let out = Command::new(&python)

@@ -10,7 +10,7 @@ use safeloop_tests::{fresh_tmp, golden_dir, metric, path_str, run_train_env, Ser
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -705,16 +705,12 @@ struct Moto {
 
 impl Moto {
     fn start() -> Moto {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let venv = std::env::var_os("SAFELOOP_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".venv"));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(venv.join("bin/moto_server"))
+        let child = std::process::Command::new(safeloop_tests::venv_bin("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -24,7 +24,10 @@ const COST_HI: u32 = 130;
 
 /// The rule cost of a response (the round's cost model).
 fn rule_cost(ids: &[u32]) -> f64 {
-    let n = ids.iter().filter(|&&t| (COST_LO..COST_HI).contains(&t)).count();
+    let n = ids
+        .iter()
+        .filter(|&&t| (COST_LO..COST_HI).contains(&t))
+        .count();
     10.0 * n as f64 / ids.len().max(1) as f64 - 2.0
 }
 

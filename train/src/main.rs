@@ -202,6 +202,11 @@ fn run(cli: Cli) -> Result<i32> {
             let summary = safeloop_train::evaluate::run(&args)?;
             println!("{summary}");
         }
+        Command::Round(args) if args.check => {
+            let report = safeloop_train::round::check(&args);
+            println!("{report}");
+            return Ok(if report["ok"] == true { 0 } else { 1 });
+        }
         Command::Round(args) => {
             let (outcome, summary) = safeloop_train::round::run(&args)?;
             println!("{summary}");

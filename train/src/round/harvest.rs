@@ -80,9 +80,14 @@ pub fn run(
         (0.0..=1.0).contains(&args.base_ratio),
         "--base-ratio must be within 0–1"
     );
-    let (all, cursor_to) = LogReader::new(&args.log_dir)
-        .read_since(cursor, false)
-        .with_context(|| format!("reading the trajectory log {}", args.log_dir.display()))?;
+    // No log directory yet: nothing has been served (the server creates it).
+    let (all, cursor_to) = if args.log_dir.is_dir() {
+        LogReader::new(&args.log_dir)
+            .read_since(cursor, false)
+            .with_context(|| format!("reading the trajectory log {}", args.log_dir.display()))?
+    } else {
+        (Vec::new(), cursor)
+    };
     let records: Vec<TrajectoryRecord> = all
         .iter()
         .filter(|r| r.model == model_name)

@@ -54,6 +54,9 @@ pub struct RoundArgs {
     /// Drop the unfinished round (the cursor stays where the last committed round left it).
     #[arg(long, conflicts_with = "resume")]
     pub abandon: bool,
+    /// Check the configuration (flags, registry, score models, prompt files) and exit: 0 when a round could run.
+    #[arg(long)]
+    pub check: bool,
     /// A round lock whose holder sent no heartbeat for this long is stale and can be taken over.
     #[arg(long, default_value_t = 600)]
     pub lock_stale_secs: u64,
@@ -105,6 +108,69 @@ struct Ctx<'a> {
     reward: ScoreSource,
     cost: ScoreSource,
     judge: Option<ScoreSource>,
+}
+
+/// `--check`: every problem a round would stop on, without running one (nothing is written).
+pub fn check(args: &RoundArgs) -> Value {
+    let mut problems: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    match ModelRef::parse(&args.policy).and_then(|r| Ok((r.open()?, r))) {
+        Ok((reg, r)) => {
+            if let Err(e) = reg.resolve(&r.name, "champion") {
+                problems.push(format!("--policy {}: no champion: {e}", args.policy));
+            }
+        }
+        Err(e) => problems.push(format!("--policy {}: {e}", args.policy)),
+    }
+    let mut sources = vec![
+        ("--reward-model", Some(&args.reward_model)),
+        ("--cost-model", Some(&args.cost_model)),
+        ("--judge", args.judge.as_ref()),
+    ];
+    for (flag, spec) in sources.drain(..) {
+        let Some(spec) = spec else { continue };
+        let ok = match ScoreSource::parse(spec) {
+            Ok(ScoreSource::Rule(r)) => scorers::TokenFraction::parse(&r).map(|_| ()),
+            Ok(ScoreSource::Dir(d)) if d.join("config.json").is_file() => Ok(()),
+            Ok(ScoreSource::Dir(d)) => Err(anyhow::anyhow!(
+                "{} is not a score-model directory",
+                d.display()
+            )),
+            Ok(ScoreSource::Registry(r)) => r
+                .open()
+                .and_then(|reg| reg.resolve(&r.name, &r.selector))
+                .map(|_| ())
+                .map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ok {
+            problems.push(format!("{flag} {spec}: {e:#}"));
+        }
+    }
+    if let Err(e) = evaluate::load_prompts(&args.evaluate) {
+        problems.push(format!("{e:#}"));
+    }
+    for f in &args.harvest.base_prompts {
+        if let Err(e) = crate::data::prompts::read(f, &[]) {
+            problems.push(format!("--base-prompts: {e:#}"));
+        }
+    }
+    if !args.harvest.log_dir.is_dir() {
+        notes.push(format!(
+            "no trajectory log at {} yet (the server creates it; rounds are skipped until it has records)",
+            args.harvest.log_dir.display()
+        ));
+    }
+    if let Err(e) = args.ppo.sampling.params(1.0) {
+        problems.push(format!("sampling flags: {e}"));
+    }
+    if args.ppo.prompt_batch_size == 0 || args.ppo.update_iters == 0 {
+        problems.push("--prompt-batch-size and --update-iters must be at least 1".into());
+    }
+    if let Err(e) = crate::score::train::parse_score_format(&args.ppo.score_format) {
+        problems.push(format!("{e}"));
+    }
+    json!({"ok": problems.is_empty(), "problems": problems, "notes": notes})
 }
 
 /// Runs (or resumes, or abandons) a round; returns how it ended and its summary.
