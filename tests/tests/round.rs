@@ -505,3 +505,209 @@ fn records_before(log: &Path, to: Cursor) -> BTreeSet<(String, u64)> {
         .filter(|k| !after.contains(k))
         .collect()
 }
+
+/// Graceful shutdown (the open log segment is sealed), waited for.
+fn stop(mut server: Server) {
+    server.terminate();
+    let t = Instant::now();
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(30), "server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Decoupled annotation inside a round: served answer pairs are exported for labelling, a labelled file is
+/// imported once, and the registry's cost model continues training from its champion on it; the new version is
+/// published and becomes the champion only if its held-out accuracy did not fall.
+#[test]
+fn a_round_exports_pairs_imports_labels_and_retrains_the_cost_model() {
+    let tmp = fresh_tmp("round-annotate");
+    let (reg, log, state, annotations) = (
+        tmp.join("registry"),
+        tmp.join("log"),
+        tmp.join("state"),
+        tmp.join("annotations"),
+    );
+    let (policy, cost) = (tmp.join("tiny"), tmp.join("cost"));
+    copy_golden("llama-gqa", &policy);
+    copy_golden("llama-gqa-score", &cost);
+    for (name, dir, kind) in [("tiny", &policy, "policy"), ("cost", &cost, "cost")] {
+        let target = format!("{}/{name}", path_str(&reg));
+        let v = train_json(&[
+            "registry",
+            "publish",
+            &target,
+            "--model",
+            path_str(dir),
+            "--kind",
+            kind,
+        ])["version"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        train_json(&["registry", "promote", &target, &v]);
+    }
+    let cost_v0 = train_json(&["registry", "show", &format!("{}/cost", path_str(&reg))])
+        ["manifest"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Traffic: 6 prompts asked 3 times each, sampled, so every prompt has distinct answers to pair.
+    let prompts_file = tmp.join("prompts.jsonl");
+    safeloop_tests::jsonl_head(&data_file("pku_saferlhf_train.jsonl"), 6, &prompts_file);
+    let server = Server::start(&[
+        "--model",
+        path_str(&policy),
+        "--served-model-name",
+        "tiny",
+        "--log-dir",
+        path_str(&log),
+    ]);
+    let out = Command::new(bin("safeloop-loadgen"))
+        .args([
+            "--url",
+            &server.base,
+            "-c",
+            "3",
+            "-n",
+            "18",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "1",
+        ])
+        .args(["--prompts", path_str(&prompts_file)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(server);
+    // The annotators' file: labelled PKU safety pairs.
+    std::fs::create_dir_all(annotations.join("labelled")).unwrap();
+    safeloop_tests::jsonl_head(
+        &data_file("pku_safety_pairs_train.jsonl"),
+        48,
+        &annotations.join("labelled/batch-1.jsonl"),
+    );
+    let held_out = tmp.join("held-out.jsonl");
+    safeloop_tests::jsonl_head(&data_file("pku_safety_pairs_dev.jsonl"), 32, &held_out);
+    let config = tmp.join("round.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"policy = "{reg}/tiny"
+reward-model = "{REWARD}"
+cost-model = "registry:{reg}/cost"
+log-dir = "{log}"
+state-dir = "{state}"
+annotations = "{annotations}"
+score-eval = ["{held_out}"]
+score-train-args = "--epochs 1 --batch-size 8 --max-length 128 --lr 1e-3"
+eval-prompts = ["{eval}"]
+eval-limit = 8
+max-new-tokens = 8
+prompt-batch-size = 8
+max-steps = 2
+gate-cost-target = 1000
+gate-reward-tolerance = 1000
+gate-harmful-tolerance = 1
+gate-min-length-ratio = 0
+gate-min-distinct-ratio = 0
+"#,
+            reg = path_str(&reg),
+            log = path_str(&log),
+            state = path_str(&state),
+            annotations = path_str(&annotations),
+            held_out = path_str(&held_out),
+            eval = path_str(&data_file("pku_saferlhf_dev.jsonl")),
+        ),
+    )
+    .unwrap();
+    let (code, s, err) = round(&config, &[]);
+    assert_eq!(code, 0, "{err}\n{s}");
+    let a = &s["annotate"];
+    // Export: PKU schema, labels empty, the logged scores kept.
+    let pending = annotations.join("pending/round-0001.jsonl");
+    let rows: Vec<Value> = std::fs::read_to_string(&pending)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() >= 6, "{a}");
+    assert_eq!(a["exported"]["pairs"], rows.len());
+    for r in &rows {
+        assert!(r["is_response_0_safe"].is_null() && r["safer_response_id"].is_null());
+        assert_ne!(r["response_0"], r["response_1"]);
+        assert_eq!(r["source"]["model_costs"].as_array().unwrap().len(), 2);
+    }
+    // Import and retraining from the champion.
+    assert_eq!(a["imported"][0]["rows"], 48, "{a}");
+    let c = &a["retrained"]["cost"];
+    assert_eq!(c["from"], json!(cost_v0), "{a}");
+    let (before, after) = (
+        c["held_out_accuracy_before"].as_f64().unwrap(),
+        c["held_out_accuracy_after"].as_f64().unwrap(),
+    );
+    let v1 = c["version"].as_str().unwrap();
+    assert_ne!(v1, cost_v0, "a new version was published");
+    let aliases =
+        train_json(&["registry", "show", &format!("{}/cost", path_str(&reg))])["aliases"].clone();
+    if after >= before {
+        assert_eq!(c["promoted"], true);
+        assert_eq!(aliases["champion"], json!(v1), "{aliases}");
+    } else {
+        assert_eq!(c["promoted"], false);
+        assert_eq!(aliases["champion"], json!(cost_v0), "{aliases}");
+        assert_eq!(aliases["rejected/round-0001"], json!(v1), "{aliases}");
+    }
+    eprintln!(
+        "cost model held-out accuracy {before:.3} → {after:.3}, promoted: {}",
+        c["promoted"]
+    );
+    assert!(a["retrained"]["reward"]["skipped"]
+        .as_str()
+        .unwrap()
+        .contains("not a registry model"));
+    // The later steps used the cost model as of then.
+    let used = s["optimise"]["cost_model"]["version"].as_str().unwrap();
+    assert_eq!(used, aliases["champion"].as_str().unwrap());
+    // Committed: the file is consumed and not imported again by the next round.
+    let consumed = read_json(&state.join("annotations.json"));
+    assert_eq!(consumed.as_object().unwrap().len(), 1, "{consumed}");
+    let server = Server::start(&[
+        "--model",
+        path_str(&policy),
+        "--served-model-name",
+        "tiny",
+        "--log-dir",
+        path_str(&log),
+    ]);
+    let out = Command::new(bin("safeloop-loadgen"))
+        .args([
+            "--url",
+            &server.base,
+            "-c",
+            "2",
+            "-n",
+            "8",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "1",
+        ])
+        .args(["--prompts", path_str(&prompts_file)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    stop(server);
+    let (code, s2, err) = round(&config, &["--min-new-records", "4"]);
+    assert_eq!(code, 0, "{err}\n{s2}");
+    assert_eq!(s2["annotate"]["imported"], json!([]), "{}", s2["annotate"]);
+    assert_eq!(s2["annotate"]["retrained"], json!({}));
+    if std::env::var_os("SAFELOOP_KEEP_TMP").is_none() {
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+}
