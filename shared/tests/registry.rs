@@ -218,3 +218,59 @@ fn concurrent_publishers_of_one_version_never_corrupt_it() {
     reg.fetch("m", &v, tmp.path()).unwrap();
     assert_eq!(reg.versions("m").unwrap().len(), 1);
 }
+
+#[test]
+fn the_round_lock_is_exclusive_and_taken_over_only_when_stale() {
+    use safeloop_shared::registry::{LockError, LockInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().to_str().unwrap()).unwrap();
+    let (mut held, replaced) = reg
+        .lock("smollm2", "round", LockInfo::here("round-0001"), 60_000)
+        .unwrap();
+    assert!(replaced.is_none());
+    // A live holder (this process, fresh heartbeat) keeps it.
+    match reg.lock("smollm2", "round", LockInfo::here("round-0002"), 60_000) {
+        Err(LockError::Held(h)) => assert_eq!(h.purpose, "round-0001"),
+        _ => panic!("a second lock must fail while the first is alive"),
+    }
+    assert!(reg.heartbeat(&mut held).unwrap());
+    // Another lock (another model) is independent.
+    let (other, _) = reg
+        .lock("cost", "round", LockInfo::here("x"), 60_000)
+        .unwrap();
+    reg.unlock(other).unwrap();
+    // A holder on another host that stopped sending heartbeats is stale after the stale age.
+    reg.unlock(held).unwrap();
+    let mut remote = LockInfo::here("round-0003");
+    remote.host = "elsewhere".into();
+    remote.heartbeat_ms -= 5_000;
+    let (mut gone, _) = reg.lock("smollm2", "round", remote, 60_000).unwrap();
+    assert!(matches!(
+        reg.lock("smollm2", "round", LockInfo::here("round-0004"), 60_000),
+        Err(LockError::Held(_))
+    ));
+    let (mine, replaced) = reg
+        .lock("smollm2", "round", LockInfo::here("round-0004"), 1_000)
+        .unwrap();
+    assert_eq!(replaced.unwrap().purpose, "round-0003");
+    // The old holder learns it lost the lock, and its unlock does not release the new holder's.
+    assert!(!reg.heartbeat(&mut gone).unwrap());
+    reg.unlock(gone).unwrap();
+    assert_eq!(
+        reg.lock_holder("smollm2", "round")
+            .unwrap()
+            .unwrap()
+            .purpose,
+        "round-0004"
+    );
+    reg.unlock(mine).unwrap();
+    assert!(reg.lock_holder("smollm2", "round").unwrap().is_none());
+    // A holder on this host whose process is gone is stale at once.
+    let mut dead = LockInfo::here("round-0005");
+    dead.pid = u32::MAX - 1;
+    let (_dead, _) = reg.lock("smollm2", "round", dead, 600_000).unwrap();
+    let (_, replaced) = reg
+        .lock("smollm2", "round", LockInfo::here("round-0006"), 600_000)
+        .unwrap();
+    assert_eq!(replaced.unwrap().purpose, "round-0005");
+}
