@@ -108,10 +108,16 @@ pub fn run(
             retrained.insert(kind.name().to_string(), r);
         }
     }
-    let consumed_now = new
-        .iter()
-        .map(|f| (f.sha256.clone(), f.path.display().to_string()))
-        .collect();
+    // Files are consumed only when a model trained on them; otherwise (no registry score model, no --score-eval)
+    // they stay pending for a later round that can use them.
+    let used = retrained.values().any(|r| r.get("skipped").is_none());
+    let consumed_now = if used {
+        new.iter()
+            .map(|f| (f.sha256.clone(), f.path.display().to_string()))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     Ok((
         json!({
             "exported": {"file": (!rows.is_empty()).then(|| export.display().to_string()), "pairs": rows.len(), "prompts": prompts},
