@@ -164,7 +164,7 @@ pub fn run(
         "records_read": all.len(), "records": records.len(), "model": model_name,
         "new_records_enough": records.len() >= args.min_new_records,
         "distinct_prompts": served.len(), "red_team_prompts": red, "other_served_prompts": plain,
-        "base_prompts_available_used": base_used,
+        "base_prompts_drawn": base_used,
         "pool": pool.len(),
         "pool_by_source": {"red-team": count("red-team"), "served": count("served"), "base": count("base")},
         "red_team_threshold": args.red_team_threshold, "red_team_factor": args.red_team_factor,
