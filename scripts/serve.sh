@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --quiet -p safeloop-serve -p safeloop-train
+cargo build --release --quiet --workspace --bins
 bash scripts/build_models.sh
 # The default configuration (config/serve.toml: the pinned SmolLM2 with the default cost model gating it) unless
 # the caller names a --config of their own.

@@ -40,24 +40,7 @@ pub fn bin(name: &str) -> PathBuf {
         cmd.arg("--release");
     }
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    // `cargo test` gives this process the test package's CARGO_* variables; some build
-    // scripts (ring's) track CARGO_MANIFEST_DIR, so passing them on would make this build
-    // differ from `cargo build` and rebuild the dependency chain twice per test run.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("CARGO_PKG_")
-            || matches!(
-                &*k,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-            )
-        {
-            cmd.env_remove(&*k);
-        }
-    }
+    strip_cargo_env(&mut cmd);
     // Always ask cargo: it is a no-op when the binary is fresh, and rebuilds a stale one.
     let status = cmd.status().expect("run cargo build");
     assert!(status.success(), "building {name} failed");
@@ -264,4 +247,25 @@ pub fn venv_bin(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Removes the test package's `CARGO_*` variables from a command that builds: `cargo test` gives them to this
+/// process, and some build scripts (ring's) track CARGO_MANIFEST_DIR, so passing them on would make that build
+/// differ from `cargo build` and rebuild the dependency chain twice per test run.
+pub fn strip_cargo_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                &*k,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            cmd.env_remove(&*k);
+        }
+    }
 }

@@ -134,13 +134,14 @@ fn kubernetes_manifests_match_the_api_schemas_and_the_loop_contract() {
 
 #[test]
 fn the_default_round_configuration_is_ready_after_setup() {
-    // scripts/build_models.sh published the policy and the score models config/round.toml names.
-    let root = repo_root();
-    let out = Command::new(bin("safeloop-train"))
-        .current_dir(&root)
-        .args(["round", "--config", "config/round.toml", "--check"])
-        .output()
-        .unwrap();
+    // scripts/round.sh (set-up, build, build_models.sh, then the round on config/round.toml) with --check: the
+    // policy and the score models config/round.toml names are published, its prompt files load.
+    bin("safeloop-train");
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(repo_root())
+        .args(["scripts/round.sh", "--check"]);
+    safeloop_tests::strip_cargo_env(&mut cmd);
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
