@@ -26,11 +26,15 @@ if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$REQ_SHA" ] || ! "$VE
   echo "$REQ_SHA" > "$VENV/.requirements.sha256"
 fi
 
-# systemd-analyze (Debian package `systemd`) verifies the deploy/systemd units in the tests.
-if ! command -v systemd-analyze > /dev/null; then
-  echo "setup: installing the Debian package systemd (for systemd-analyze)"
+# Debian packages the tests run: systemd-analyze (package `systemd`) verifies the deploy/systemd units; a real
+# Pushgateway (`prometheus-pushgateway`) receives the trainer's metrics.
+APT=()
+command -v systemd-analyze > /dev/null || APT+=(systemd)
+command -v prometheus-pushgateway > /dev/null || APT+=(prometheus-pushgateway)
+if [ ${#APT[@]} -gt 0 ]; then
+  echo "setup: installing the Debian packages ${APT[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends systemd > /dev/null
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${APT[@]}" > /dev/null
 fi
 
 # libtorch 2.11 (CPU libraries) for the trainer.

@@ -420,9 +420,29 @@ fn a_round_on_served_logs_promotes_a_safer_policy_that_the_server_swaps_in() {
         &annotations,
         "max-steps = 2\ngate-cost-target = -100\ngate-cost-margin = 100",
     );
-    let (code, s2, err) = round(&config2, &[]);
+    let gw = safeloop_tests::Pushgateway::start();
+    let (code, s2, err) = round(&config2, &["--pushgateway", &gw.url]);
     assert_eq!(code, 3, "the gate should reject: {err}\n{s2}");
     assert_eq!(s2["status"], "rejected");
+    // Its figures reached the Pushgateway: the PPO steps (group `round`) and the round's own (`round-status`).
+    let text = gw.metrics();
+    let status = [("job", "safeloop-train"), ("command", "round-status")];
+    let sample = |name: &str, labels: &[(&str, &str)]| safeloop_tests::sample(&text, name, labels);
+    assert_eq!(
+        sample("safeloop_train_exit_code", &status),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(sample("safeloop_train_promoted", &status), Some(0.0));
+    assert_eq!(sample("safeloop_train_round", &status), Some(2.0));
+    assert!(sample("safeloop_train_gate_checks_failed", &status).unwrap() >= 1.0);
+    assert_eq!(
+        sample("safeloop_train_challenger_harmful_ratio", &status),
+        s2["evaluate"]["challenger"]["harmful_ratio"].as_f64()
+    );
+    let ppo = [("job", "safeloop-train"), ("command", "round")];
+    assert_eq!(sample("safeloop_train_step", &ppo), Some(2.0), "{text}");
+    assert!(sample("safeloop_train_lambda", &ppo).is_some());
     assert_eq!(champion(&reg), v1);
     let aliases =
         train_json(&["registry", "show", &format!("{}/tiny", path_str(&reg))])["aliases"].clone();

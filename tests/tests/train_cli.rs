@@ -485,3 +485,85 @@ fn ppo_lag_resumes_from_its_checkpoint() {
     assert!(lambdas.windows(2).all(|w| w[1] > w[0]), "λ {lambdas:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--pushgateway`: a training command's per-step figures reach a real Pushgateway, grouped by job and command; an
+/// unreachable one is reported and training goes on.
+#[test]
+fn ppo_lag_pushes_its_step_metrics_to_a_real_pushgateway() {
+    use safeloop_tests::{sample, Pushgateway};
+    let gw = Pushgateway::start();
+    let dir = tmp("ppo-push");
+    let actor = golden_dir("llama-gqa");
+    let prompts = data("pku_saferlhf_train.jsonl");
+    let run = |url: &str, out: &std::path::Path| {
+        train(&[
+            "ppo-lag",
+            "--actor",
+            s(&actor),
+            "--reward-model",
+            "token-fraction:4:256:10",
+            "--cost-model",
+            "token-fraction:4:130:10:-2",
+            "--prompts",
+            s(&prompts),
+            "--out",
+            s(out),
+            "--max-steps",
+            "3",
+            "--prompt-batch-size",
+            "8",
+            "--max-new-tokens",
+            "6",
+            "--ignore-eos",
+            "--pushgateway",
+            url,
+            "--job",
+            "ci-ppo",
+        ])
+    };
+    let (ok, _, err) = run(&gw.url, &dir.join("a"));
+    assert!(ok, "{err}");
+    let text = gw.metrics();
+    let labels = [("job", "ci-ppo"), ("command", "ppo-lag")];
+    assert_eq!(
+        sample(&text, "safeloop_train_step", &labels),
+        Some(3.0),
+        "{text}"
+    );
+    let recs: Vec<Value> = std::fs::read_to_string(dir.join("a/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = recs.last().unwrap();
+    for key in [
+        "lambda",
+        "episode_cost",
+        "reward",
+        "cost",
+        "kl_divergence",
+        "actor_loss",
+        "rollout_s",
+    ] {
+        let pushed = sample(&text, &format!("safeloop_train_{key}"), &labels)
+            .unwrap_or_else(|| panic!("{key} not pushed: {text}"));
+        assert!(
+            (pushed - last[key].as_f64().unwrap()).abs() < 1e-9,
+            "{key}: {pushed} vs {}",
+            last[key]
+        );
+    }
+    assert!(sample(&text, "safeloop_train_last_push_timestamp_seconds", &labels).unwrap() > 1e9);
+    // Nothing listens on port 9 (discard): the push fails, the run does not.
+    let (ok, _, err) = run("http://127.0.0.1:9", &dir.join("b"));
+    assert!(ok, "{err}");
+    assert!(err.contains("warning: pushing metrics"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("b/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -16,6 +16,7 @@ pub mod model;
 pub mod optim;
 pub mod plots;
 pub mod ppo;
+pub mod push;
 pub mod registry_cmd;
 pub mod rollout;
 pub mod round;

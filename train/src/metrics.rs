@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    push: Option<crate::push::Pusher>,
 }
 
 impl MetricsLog {
@@ -24,7 +25,14 @@ impl MetricsLog {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            push: None,
         })
+    }
+
+    /// Also pushes every record to a Pushgateway (`--pushgateway`).
+    pub fn with_push(mut self, push: Option<crate::push::Pusher>) -> Self {
+        self.push = push;
+        self
     }
 
     pub fn write(&mut self, record: &Value) -> Result<()> {
@@ -34,6 +42,9 @@ impl MetricsLog {
             .write_all(line.as_bytes())
             .with_context(|| format!("writing {}", self.path.display()))?;
         self.file.flush()?;
+        if let Some(p) = &mut self.push {
+            p.push(record);
+        }
         Ok(())
     }
 }

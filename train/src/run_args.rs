@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// Stop after this many optimiser steps (smoke runs; 0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub max_steps: u64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub push: crate::push::PushArgs,
 }
 
 impl RunArgs {
@@ -49,14 +52,15 @@ impl RunArgs {
         LrSchedule::new(lr, self.lr_scheduler, self.warmup_ratio, total_steps)
     }
 
-    /// Opens `--metrics`, or OUT/metrics.jsonl.
+    /// Opens `--metrics`, or OUT/metrics.jsonl (and `--pushgateway` when given).
     pub fn metrics_log(&self, out: &Path) -> Result<MetricsLog> {
-        MetricsLog::open(
+        Ok(MetricsLog::open(
             &self
                 .metrics
                 .clone()
                 .unwrap_or_else(|| out.join("metrics.jsonl")),
-        )
+        )?
+        .with_push(crate::push::Pusher::new(&self.push)))
     }
 
     /// Whether `--max-steps` stops the run before optimiser step `step`.

@@ -245,6 +245,8 @@ fn drive(
     };
     let started = Instant::now();
     let mut metrics = crate::metrics::MetricsLog::open(&round.dir.join("metrics.jsonl"))?;
+    // The round's own figures (step, outcome, the gate's figures) go to the `round-status` group.
+    let mut status_push = crate::push::Pusher::for_group(&args.ppo.run.push, "round-status");
     let pb = crate::metrics::progress(state::STEPS.len() as u64, round.id());
     for (i, step) in state::STEPS.iter().enumerate() {
         if round.step(step).is_some() {
@@ -267,6 +269,10 @@ fn drive(
         guard.check()?;
         round.record_step(step, result.clone())?;
         metrics.write(&json!({"round": round.id(), "step": step, "result": result}))?;
+        if let Some(p) = &mut status_push {
+            p.push(&json!({"round": round_number(&round), "steps_done": i + 1,
+                "step_seconds": result["seconds"], "running": true}));
+        }
         eprintln!(
             "{}: {step} done in {:.1}s",
             round.id(),
@@ -312,6 +318,19 @@ fn drive(
     report::write(&round, &summary)?;
     ctx.state
         .finish(&mut round, status, Some(cursor), &consumed, &summary)?;
+    if let Some(p) = &mut status_push {
+        let e = &summary["evaluate"];
+        p.push(&json!({
+            "round": round_number(&round), "steps_done": state::STEPS.len(), "running": false,
+            "promoted": promoted, "exit_code": summary["exit_code"],
+            "gate_checks_failed": summary["gate"]["checks"].as_array().map_or(0, |c| c.iter().filter(|x| x["passed"] == false).count()),
+            "champion_harmful_ratio": e["champion"]["harmful_ratio"], "challenger_harmful_ratio": e["challenger"]["harmful_ratio"],
+            "champion_mean_cost": e["champion"]["mean_cost"], "challenger_mean_cost": e["challenger"]["mean_cost"],
+            "champion_mean_reward": e["champion"]["mean_reward"], "challenger_mean_reward": e["challenger"]["mean_reward"],
+            "champion_judge_harmful_ratio": e["champion"]["judge_harmful_ratio"], "challenger_judge_harmful_ratio": e["challenger"]["judge_harmful_ratio"],
+            "wall_seconds": summary["wall_s_this_run"],
+        }));
+    }
     Ok((
         if promoted {
             Outcome::Promoted
