@@ -332,3 +332,14 @@ pub fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Copies a golden model's files (without the golden outputs) into `dst`.
+pub fn copy_golden(name: &str, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(golden_dir(name)).unwrap().flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        if !f.starts_with("golden") {
+            std::fs::copy(e.path(), dst.join(&f)).unwrap();
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 use safeloop_shared::engine::{Engine, EngineConfig, SamplingParams};
 use safeloop_shared::{load_causal_lm, LoadOptions};
-use safeloop_tests::{fresh_tmp, golden_dir, metric, path_str, run_train_env, Server};
+use safeloop_tests::{copy_golden, fresh_tmp, golden_dir, metric, path_str, run_train_env, Server};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -22,16 +22,6 @@ const ADMIN: &str = "admin-secret";
 /// The tiny golden model's files (without the golden outputs).
 fn copy_model(dst: &Path) {
     copy_golden("llama-gqa", dst);
-}
-
-fn copy_golden(name: &str, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(golden_dir(name)).unwrap().flatten() {
-        let f = e.file_name().to_string_lossy().into_owned();
-        if !f.starts_with("golden") {
-            std::fs::copy(e.path(), dst.join(&f)).unwrap();
-        }
-    }
 }
 
 /// Rewrites model.safetensors with `f(tensor name, index, value)` applied to every f32.

@@ -9,7 +9,7 @@
 //! a third that fails is abandoned. Across rounds the log cursor never skips or repeats a record.
 
 use safeloop_shared::trajlog::{Cursor, LogReader};
-use safeloop_tests::{bin, data_file, fresh_tmp, golden_dir, path_str, run_train, Server};
+use safeloop_tests::{bin, copy_golden, data_file, fresh_tmp, path_str, run_train, Server};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,16 +29,6 @@ fn rule_cost(ids: &[u32]) -> f64 {
         .filter(|&&t| (COST_LO..COST_HI).contains(&t))
         .count();
     10.0 * n as f64 / ids.len().max(1) as f64 - 2.0
-}
-
-fn copy_golden(name: &str, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(golden_dir(name)).unwrap().flatten() {
-        let f = e.file_name().to_string_lossy().into_owned();
-        if !f.starts_with("golden") {
-            std::fs::copy(e.path(), dst.join(&f)).unwrap();
-        }
-    }
 }
 
 fn train_json(args: &[&str]) -> Value {
@@ -536,6 +526,44 @@ fn stop(mut server: Server) {
     }
 }
 
+/// Serves `policy` as `tiny` with logging, sends `n` sampled requests over `clients` with the prompts of a file,
+/// and stops the server gracefully (its log segment sealed).
+fn serve_prompts(policy: &Path, log: &Path, prompts: &Path, clients: usize, n: usize) {
+    let server = Server::start(&[
+        "--model",
+        path_str(policy),
+        "--served-model-name",
+        "tiny",
+        "--log-dir",
+        path_str(log),
+    ]);
+    let out = Command::new(bin("safeloop-loadgen"))
+        .args([
+            "--url",
+            &server.base,
+            "-c",
+            &clients.to_string(),
+            "-n",
+            &n.to_string(),
+        ])
+        .args([
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "1",
+            "--prompts",
+            path_str(prompts),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(server);
+}
+
 /// Decoupled annotation inside a round: served answer pairs are exported for labelling, a labelled file is
 /// imported once, and the registry's cost model continues training from its champion on it; the new version is
 /// published and becomes the champion only if its held-out accuracy did not fall.
@@ -575,36 +603,7 @@ fn a_round_exports_pairs_imports_labels_and_retrains_the_cost_model() {
     // Traffic: 6 prompts asked 3 times each, sampled, so every prompt has distinct answers to pair.
     let prompts_file = tmp.join("prompts.jsonl");
     safeloop_tests::jsonl_head(&data_file("pku_saferlhf_train.jsonl"), 6, &prompts_file);
-    let server = Server::start(&[
-        "--model",
-        path_str(&policy),
-        "--served-model-name",
-        "tiny",
-        "--log-dir",
-        path_str(&log),
-    ]);
-    let out = Command::new(bin("safeloop-loadgen"))
-        .args([
-            "--url",
-            &server.base,
-            "-c",
-            "3",
-            "-n",
-            "18",
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "1",
-        ])
-        .args(["--prompts", path_str(&prompts_file)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stop(server);
+    serve_prompts(&policy, &log, &prompts_file, 3, 18);
     // The annotators' file: labelled PKU safety pairs.
     std::fs::create_dir_all(annotations.join("labelled")).unwrap();
     safeloop_tests::jsonl_head(
@@ -697,32 +696,7 @@ gate-min-distinct-ratio = 0
     // Committed: the file is consumed and not imported again by the next round.
     let consumed = read_json(&state.join("annotations.json"));
     assert_eq!(consumed.as_object().unwrap().len(), 1, "{consumed}");
-    let server = Server::start(&[
-        "--model",
-        path_str(&policy),
-        "--served-model-name",
-        "tiny",
-        "--log-dir",
-        path_str(&log),
-    ]);
-    let out = Command::new(bin("safeloop-loadgen"))
-        .args([
-            "--url",
-            &server.base,
-            "-c",
-            "2",
-            "-n",
-            "8",
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "1",
-        ])
-        .args(["--prompts", path_str(&prompts_file)])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    stop(server);
+    serve_prompts(&policy, &log, &prompts_file, 2, 8);
     let (code, s2, err) = round(&config, &["--min-new-records", "4"]);
     assert_eq!(code, 0, "{err}\n{s2}");
     assert_eq!(s2["annotate"]["imported"], json!([]), "{}", s2["annotate"]);

@@ -122,12 +122,12 @@ pub fn check(args: &RoundArgs) -> Value {
         }
         Err(e) => problems.push(format!("--policy {}: {e}", args.policy)),
     }
-    let mut sources = vec![
+    let sources = [
         ("--reward-model", Some(&args.reward_model)),
         ("--cost-model", Some(&args.cost_model)),
         ("--judge", args.judge.as_ref()),
     ];
-    for (flag, spec) in sources.drain(..) {
+    for (flag, spec) in sources {
         let Some(spec) = spec else { continue };
         let ok = match ScoreSource::parse(spec) {
             Ok(ScoreSource::Rule(r)) => scorers::TokenFraction::parse(&r).map(|_| ()),
