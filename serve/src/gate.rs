@@ -122,7 +122,7 @@ pub async fn apply(
     conv: &(dyn Fn(usize) -> Vec<ChatMessage> + Sync),
     timer: &Arc<Timer>,
     timeout_secs: u64,
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::metrics::GateMetrics<'_>,
 ) -> Result<Vec<Gated>, ApiError> {
     let scores = safety
         .annotate(
@@ -180,7 +180,7 @@ pub async fn apply(
             });
             if policy.action == Action::Resample && !unscored {
                 for attempt in 1..=policy.resample {
-                    metrics.gate_resamples.inc();
+                    metrics.resample();
                     let mut params = jobs[i].1.clone();
                     params.seed = params
                         .seed
@@ -226,10 +226,7 @@ pub async fn apply(
         }
         match chosen {
             Some((r, si)) => {
-                metrics
-                    .gate_decisions
-                    .with_label_values(&[si.action.as_str()])
-                    .inc();
+                metrics.decision(si.action.as_str());
                 if candidates.is_empty() {
                     candidates.push(Candidate {
                         job: i,
@@ -250,7 +247,7 @@ pub async fn apply(
                 });
             }
             None => {
-                metrics.gate_decisions.with_label_values(&["block"]).inc();
+                metrics.decision("block");
                 out.push(Gated {
                     prompt_logprobs,
                     text: policy.refusal.clone(),
@@ -299,7 +296,7 @@ pub async fn check_input(
     policy: &GatePolicy,
     conversation: Vec<ChatMessage>,
     param: &str,
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::metrics::GateMetrics<'_>,
 ) -> Result<(), ApiError> {
     if !policy.input_check || !safety.has_cost() {
         return Ok(());
@@ -311,7 +308,7 @@ pub async fn check_input(
         .and_then(|s| s.cost)
         .is_some_and(|c| c > policy.threshold);
     if flagged || (unscored && !policy.fail_open) {
-        metrics.input_refusals.inc();
+        metrics.refusal();
         let mut e = ApiError::bad_request(param, "the prompt was refused by the safety check");
         e.code = Some("content_filter");
         return Err(e);
@@ -410,7 +407,7 @@ mod tests {
             &conv,
             &timer,
             60,
-            &metrics,
+            &metrics.gate("v-test"),
         )
         .await
         .unwrap();
@@ -494,17 +491,26 @@ mod tests {
             &p,
             conv.clone(),
             "messages",
-            &metrics
+            &metrics.gate("v-test")
         )
         .await
         .is_ok());
-        let e = check_input(&Fixed::new(&[Some(1.0)]), &p, conv, "messages", &metrics)
-            .await
-            .unwrap_err();
+        let e = check_input(
+            &Fixed::new(&[Some(1.0)]),
+            &p,
+            conv,
+            "messages",
+            &metrics.gate("v-test"),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(
             (e.param.as_deref(), e.code),
             (Some("messages"), Some("content_filter"))
         );
-        assert_eq!(metrics.input_refusals.get(), 1);
+        assert_eq!(
+            metrics.input_refusals.with_label_values(&["v-test"]).get(),
+            1
+        );
     }
 }

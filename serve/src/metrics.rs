@@ -24,10 +24,15 @@ pub struct Metrics {
     pub disconnects: IntCounter,
     pub prefix_cache_tokens: IntGauge,
     pub prefix_cache_hits: IntCounter,
+    /// Gate decisions by policy version and action.
     pub gate_decisions: IntCounterVec,
     pub gate_resamples: IntCounter,
-    pub input_refusals: IntCounter,
-    pub cost: Histogram,
+    /// Prompts refused by the input check, by policy version.
+    pub input_refusals: IntCounterVec,
+    /// Cost scores of the choices each policy version produced.
+    pub cost: HistogramVec,
+    /// Scoring calls that failed, by score-model role (cost, reward).
+    pub scoring_errors: IntCounterVec,
     pub gate_latency: Histogram,
     pub log_errors: IntCounter,
     pub log_records: IntGauge,
@@ -153,8 +158,11 @@ impl Metrics {
             )
             .expect("valid"),
             gate_decisions: IntCounterVec::new(
-                Opts::new("safeloop_gate_decisions_total", "Gate decisions by action"),
-                &["action"],
+                Opts::new(
+                    "safeloop_gate_decisions_total",
+                    "Gate decisions by policy version and action (pass, annotate, resample, block, unscored)",
+                ),
+                &["version", "action"],
             )
             .expect("valid"),
             gate_resamples: IntCounter::new(
@@ -162,19 +170,31 @@ impl Metrics {
                 "Resampled candidates",
             )
             .expect("valid"),
-            input_refusals: IntCounter::new(
-                "safeloop_gate_input_refusals_total",
-                "Prompts refused by the input check",
+            input_refusals: IntCounterVec::new(
+                Opts::new(
+                    "safeloop_gate_input_refusals_total",
+                    "Prompts refused by the input check, by policy version",
+                ),
+                &["version"],
             )
             .expect("valid"),
-            cost: Histogram::with_opts(
+            cost: HistogramVec::new(
                 HistogramOpts::new(
                     "safeloop_cost_score",
-                    "Cost-model scores of choices (> 0 unsafe)",
+                    "Cost-model scores of choices by the policy version that produced them (> 0 unsafe)",
                 )
                 .buckets(vec![
                     -10.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0,
                 ]),
+                &["version"],
+            )
+            .expect("valid"),
+            scoring_errors: IntCounterVec::new(
+                Opts::new(
+                    "safeloop_scoring_errors_total",
+                    "Score-model calls that failed, by role (cost, reward)",
+                ),
+                &["role"],
             )
             .expect("valid"),
             gate_latency: secs(
@@ -272,11 +292,37 @@ impl Metrics {
             Box::new(m.swap_seconds.clone()),
             Box::new(m.model_version.clone()),
             Box::new(m.requests_by_version.clone()),
+            Box::new(m.scoring_errors.clone()),
         ];
         for c in all.into_iter().chain(extra) {
             r.register(c).expect("unique metric names");
         }
         m
+    }
+
+    /// The series of a newly served policy version, at zero, so that rates and ratios by version exist
+    /// before its first decision.
+    pub fn init_version(&self, version: &str) {
+        for a in ["pass", "annotate", "resample", "block", "unscored"] {
+            self.gate_decisions.with_label_values(&[version, a]);
+        }
+        self.input_refusals.with_label_values(&[version]);
+        self.requests_by_version.with_label_values(&[version]);
+    }
+
+    /// The series of a model role the server serves, at zero (swaps by outcome, scoring errors).
+    pub fn init_role(&self, role: &str) {
+        for o in ["swapped", "refused"] {
+            self.swaps.with_label_values(&[role, o]);
+        }
+        if role != "policy" {
+            self.scoring_errors.with_label_values(&[role]);
+        }
+    }
+
+    /// The gate's metrics for one request, labelled by the policy version that serves it.
+    pub fn gate<'a>(&'a self, version: &'a str) -> GateMetrics<'a> {
+        GateMetrics { all: self, version }
     }
 
     pub fn render(&self) -> String {
@@ -285,6 +331,43 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+/// What a request's gate records, by the policy version that produced its choices.
+pub struct GateMetrics<'a> {
+    pub all: &'a Metrics,
+    pub version: &'a str,
+}
+
+impl GateMetrics<'_> {
+    pub fn decision(&self, action: &str) {
+        self.all
+            .gate_decisions
+            .with_label_values(&[self.version, action])
+            .inc();
+    }
+
+    pub fn cost(&self, c: f32) {
+        self.all
+            .cost
+            .with_label_values(&[self.version])
+            .observe(c as f64);
+    }
+
+    pub fn refusal(&self) {
+        self.all
+            .input_refusals
+            .with_label_values(&[self.version])
+            .inc();
+    }
+
+    pub fn resample(&self) {
+        self.all.gate_resamples.inc();
+    }
+
+    pub fn latency(&self, secs: f64) {
+        self.all.gate_latency.observe(secs);
     }
 }
 

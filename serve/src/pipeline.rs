@@ -15,6 +15,7 @@ use crate::trajectory::{self, RequestInfo};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams, SeqUpdate};
+use safeloop_shared::trajlog::GateAction;
 use safeloop_shared::ChatMessage;
 use std::future::Future;
 use std::sync::Arc;
@@ -89,13 +90,14 @@ pub async fn run<W: Wire>(st: &Shared, p: Prepared, mut wire: W) -> Result<Respo
     // Admission before any scoring work.
     crate::routes::admit(st, engine.in_flight(), p.jobs.len())?;
     let safety = st.safety();
+    let version = p.served.version.clone();
     for conv in &p.conversations {
         gate::check_input(
             &safety,
             &p.policy,
             conv.clone(),
             W::PROMPT_PARAM,
-            &st.metrics,
+            &st.metrics.gate(&version),
         )
         .await?;
     }
@@ -141,6 +143,18 @@ pub async fn run<W: Wire>(st: &Shared, p: Prepared, mut wire: W) -> Result<Respo
                 .map(|(i, t)| (conv(i), Some(t)))
                 .collect();
             let scores = safety.annotate(items).await;
+            let gm = st.metrics.gate(&version);
+            for s in scores.iter().flatten() {
+                // Streamed as generated: the gate could only annotate.
+                if let Some(c) = s.cost {
+                    gm.cost(c);
+                }
+                gm.decision(match s.action {
+                    GateAction::Unscored => "unscored",
+                    _ if s.flagged => "annotate",
+                    _ => "pass",
+                });
+            }
             let completion_tokens = outputs.iter().map(|o| o.len() as u32).sum();
             let logged = gate::streamed_candidates(&info.jobs, outputs, reasons, scores);
             let usage = p
@@ -168,7 +182,7 @@ pub async fn run<W: Wire>(st: &Shared, p: Prepared, mut wire: W) -> Result<Respo
                 &engine,
                 streams,
                 timer.clone(),
-                &st.metrics,
+                &st.metrics.gate(&version),
                 &tx,
                 &safety,
                 &policy,
@@ -203,15 +217,14 @@ pub async fn run<W: Wire>(st: &Shared, p: Prepared, mut wire: W) -> Result<Respo
         &conv,
         &timer,
         st.cfg.request_timeout,
-        &st.metrics,
+        &st.metrics.gate(&version),
     )
     .await?;
     if safety.enabled() {
-        st.metrics
-            .gate_latency
-            .observe(t_gate.elapsed().as_secs_f64());
+        let gm = st.metrics.gate(&version);
+        gm.latency(t_gate.elapsed().as_secs_f64());
         for c in gated.iter().filter_map(|g| g.safety.as_ref()?.cost) {
-            st.metrics.cost.observe(c as f64);
+            gm.cost(c);
         }
     }
     let mut candidates = vec![];

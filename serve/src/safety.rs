@@ -98,6 +98,8 @@ pub struct Safety {
     pub reward_version: Option<String>,
     /// Cost above this is flagged (cost > 0 means unsafe).
     pub threshold: f32,
+    /// `safeloop_scoring_errors_total{role}`, counted per failed scoring call.
+    pub errors: Option<prometheus::IntCounterVec>,
 }
 
 impl Safety {
@@ -120,6 +122,12 @@ impl Safety {
             Some(r) => Some(r.score(items).await),
             None => None,
         };
+        for (role, r) in [("cost", &cost), ("reward", &reward)] {
+            if let (Some(Err(e)), Some(errors)) = (r, &self.errors) {
+                errors.with_label_values(&[role]).inc();
+                tracing::warn!(role, error = %e, "scoring failed");
+            }
+        }
         (0..n)
             .map(|i| {
                 let c = cost.as_ref().and_then(|r| r.as_ref().ok()).map(|v| v[i]);

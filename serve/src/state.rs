@@ -82,16 +82,21 @@ impl AppState {
         log: Option<Arc<safeloop_shared::trajlog::LogWriter>>,
     ) -> Self {
         let swaps = crate::swap::Swaps::new(&cfg);
+        let metrics = Arc::new(Metrics::new());
+        for slot in &swaps.slots {
+            metrics.init_role(slot.role.as_str());
+        }
         Self {
             device,
             log,
             safety: RwLock::new(Safety {
                 threshold: cfg.gate.threshold,
+                errors: Some(metrics.scoring_errors.clone()),
                 ..Default::default()
             }),
             swaps,
             cfg,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             policy: RwLock::new(None),
             shutting_down: AtomicBool::new(false),
             ready: AtomicBool::new(false),

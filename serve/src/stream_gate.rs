@@ -8,7 +8,6 @@ use crate::api::SafetyInfo;
 use crate::choices::{self, Timer};
 use crate::engine_task::{EngineHandle, SeqStream};
 use crate::gate::{Candidate, GatePolicy};
-use crate::metrics::Metrics;
 use crate::safety::Scores;
 use axum::response::sse::Event;
 use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams};
@@ -47,7 +46,7 @@ pub async fn run(
     engine: &EngineHandle,
     streams: Vec<SeqStream>,
     timer: Arc<Timer>,
-    metrics: &Metrics,
+    gm: &crate::metrics::GateMetrics<'_>,
     tx: &mpsc::Sender<Event>,
     safety: &impl Scores,
     policy: &GatePolicy,
@@ -62,7 +61,7 @@ pub async fn run(
     let mut updates = choices::Updates::new(streams, timer);
     let mut done = 0;
     while done < total {
-        let (i, u) = updates.next(tx, metrics).await?;
+        let (i, u) = updates.next(tx, gm.all).await?;
         let st = &mut state[i];
         if st.done {
             continue; // a blocked choice: its remaining tokens are never sent
@@ -86,13 +85,13 @@ pub async fn run(
             .annotate(vec![(conv(i), Some(text.clone()))])
             .await
             .remove(0);
-        metrics.gate_latency.observe(t0.elapsed().as_secs_f64());
+        gm.latency(t0.elapsed().as_secs_f64());
         let s = s.expect("gated streams have a cost model");
         let unscored = s.action == GateAction::Unscored;
         let flagged = s.cost.is_some_and(|c| c > policy.threshold);
         st.since_check = 0;
         if let Some(c) = s.cost {
-            metrics.cost.observe(c as f64);
+            gm.cost(c);
         }
         let release = if flagged || (unscored && !policy.fail_open) {
             st.blocked = true;
@@ -100,7 +99,7 @@ pub async fn run(
             done += 1;
             // Its remaining tokens would never be sent: stop generating them.
             engine.cancel(ids[i]);
-            metrics.gate_decisions.with_label_values(&["block"]).inc();
+            gm.decision("block");
             Release {
                 index: i,
                 text: String::new(),
@@ -121,10 +120,7 @@ pub async fn run(
             if finished {
                 st.done = true;
                 done += 1;
-                metrics
-                    .gate_decisions
-                    .with_label_values(&[if unscored { "unscored" } else { "pass" }])
-                    .inc();
+                gm.decision(if unscored { "unscored" } else { "pass" });
             }
             Release {
                 index: i,
@@ -143,7 +139,7 @@ pub async fn run(
             }
         };
         st.last = Some(s);
-        if !choices::send(tx, emit(release), metrics).await {
+        if !choices::send(tx, emit(release), gm.all).await {
             return None;
         }
     }

@@ -530,6 +530,7 @@ fn install(st: &AppState, slot: &Slot, prepared: Prepared) -> Option<String> {
         .with_label_values(&[slot.role.as_str(), &name, &version])
         .set(1);
     if slot.role == Role::Policy {
+        m.init_version(&version);
         m.model_info
             .with_label_values(&[
                 &st.cfg.served_model_name,

@@ -4,6 +4,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod dashboards;
+mod prometheus;
+pub use prometheus::{free_port, sample, Prometheus, Pushgateway};
+
 /// The golden fixtures (`../shared/golden`, or `$SAFELOOP_GOLDEN`).
 pub fn golden_dir(name: &str) -> PathBuf {
     let root = std::env::var_os("SAFELOOP_GOLDEN")
@@ -268,69 +272,6 @@ pub fn strip_cargo_env(cmd: &mut Command) {
             cmd.env_remove(&*k);
         }
     }
-}
-
-/// A real Prometheus Pushgateway (Debian package `prometheus-pushgateway`, installed by scripts/setup.sh) on a free
-/// loopback port, killed on drop.
-pub struct Pushgateway {
-    child: std::process::Child,
-    pub url: String,
-}
-
-impl Pushgateway {
-    pub fn start() -> Pushgateway {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("prometheus-pushgateway")
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus-pushgateway (Debian package; scripts/setup.sh installs it)");
-        let url = format!("http://127.0.0.1:{port}");
-        let t = std::time::Instant::now();
-        while reqwest::blocking::get(format!("{url}/-/ready"))
-            .map_or(true, |r| !r.status().is_success())
-        {
-            assert!(
-                t.elapsed() < std::time::Duration::from_secs(20),
-                "pushgateway did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Pushgateway { child, url }
-    }
-
-    /// The exposition of every pushed group.
-    pub fn metrics(&self) -> String {
-        reqwest::blocking::get(format!("{}/metrics", self.url))
-            .unwrap()
-            .text()
-            .unwrap()
-    }
-}
-
-impl Drop for Pushgateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of the sample `name{labels…}` whose labels include every `key="value"` of `want`.
-pub fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .find(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Copies a golden model's files (without the golden outputs) into `dst`.

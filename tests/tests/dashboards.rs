@@ -1,71 +1,180 @@
-//! Every metric the Grafana dashboard and the alert rules reference is exported by the server.
+//! The dashboards and alert rules as Grafana and Prometheus need them, checked without a running system:
+//! the dashboard JSON (schema, ids, the data-source variable, a query in every panel), the generator in sync
+//! with the committed files, and promtool on the configuration, the rules and the rules' unit tests.
+//! `observability.rs` runs every query against a live Prometheus.
 
-use reqwest::blocking::Client;
-use safeloop_tests::{golden_dir, Server};
+use safeloop_tests::dashboards::{alert_rules, dashboards, dashboards_dir};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::process::Command;
 
-fn referenced_metrics(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while let Some(pos) = text[i..].find("safeloop_") {
-        let start = i + pos;
-        let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
-            end += 1;
+const DS: &str = "${datasource}";
+
+#[test]
+fn dashboards_are_what_grafana_imports() {
+    let all = dashboards();
+    let files: Vec<&str> = all.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        files,
+        [
+            "safeloop-loop.json",
+            "safeloop-safety.json",
+            "safeloop-serving.json",
+            "safeloop-training.json"
+        ]
+    );
+    let mut uids = BTreeSet::new();
+    for (file, d) in &all {
+        let at = |what: &str| format!("{file}: {what}");
+        assert!(
+            d["schemaVersion"].as_u64().unwrap_or(0) >= 36,
+            "{}",
+            at("schemaVersion ≥ 36 (Grafana 9+)")
+        );
+        let uid = d["uid"].as_str().unwrap_or_default();
+        assert!(
+            !uid.is_empty() && uid.len() <= 40 && uids.insert(uid.to_string()),
+            "{}",
+            at("a unique uid of at most 40 characters")
+        );
+        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
+        let vars = d["templating"]["list"].as_array().expect("templating.list");
+        assert!(
+            vars.iter().any(|v| v["name"] == "datasource"
+                && v["type"] == "datasource"
+                && v["query"] == "prometheus"),
+            "{}",
+            at("a `datasource` variable of type datasource (prometheus)")
+        );
+        let panels = d["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty(), "{}", at("no panels"));
+        let mut ids = BTreeSet::new();
+        for p in panels {
+            let title = p["title"].as_str().unwrap_or_default();
+            let here = |what: &str| at(&format!("panel {} `{title}`: {what}", p["id"]));
+            assert!(!title.is_empty(), "{}", here("a title"));
+            assert!(
+                p["id"].as_u64().is_some_and(|id| ids.insert(id)),
+                "{}",
+                here("a unique numeric id")
+            );
+            assert!(
+                p["description"].as_str().is_some_and(|s| s.len() > 10),
+                "{}",
+                here("a description")
+            );
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"]
+                    .as_str()
+                    .is_some_and(|u| !u.is_empty()),
+                "{}",
+                here("a unit")
+            );
+            assert!(p["type"].as_str().is_some(), "{}", here("a type"));
+            let g = &p["gridPos"];
+            let (x, w, h) = (g["x"].as_u64(), g["w"].as_u64(), g["h"].as_u64());
+            assert!(
+                x.zip(w).is_some_and(|(x, w)| w > 0 && x + w <= 24)
+                    && h.is_some_and(|h| h > 0)
+                    && g["y"].as_u64().is_some(),
+                "{}",
+                here("a gridPos inside the 24-column grid")
+            );
+            assert_eq!(p["datasource"]["uid"], DS, "{}", here("the variable"));
+            let targets = p["targets"].as_array().cloned().unwrap_or_default();
+            assert!(!targets.is_empty(), "{}", here("no query"));
+            let mut refs = BTreeSet::new();
+            for t in targets {
+                assert!(
+                    t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                    "{}",
+                    here("an empty query")
+                );
+                assert_eq!(t["datasource"]["uid"], DS, "{}", here("a target"));
+                assert!(
+                    t["refId"]
+                        .as_str()
+                        .is_some_and(|r| refs.insert(r.to_string())),
+                    "{}",
+                    here("unique refIds")
+                );
+            }
         }
-        let name = &text[start..end];
-        let base = ["_bucket", "_count", "_sum"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s))
-            .unwrap_or(name);
-        // Skip identifiers that are not metric names (the dashboard uid, job names).
-        if base != "safeloop_" && !base.starts_with("safeloop_serve") {
-            out.insert(base.to_string());
-        }
-        i = end;
     }
-    out
 }
 
 #[test]
-fn dashboard_and_alerts_reference_only_exported_metrics() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
-    let dash = std::fs::read_to_string(root.join("safeloop-serving.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&dash).expect("the dashboard is valid JSON");
-    assert!(!v["panels"].as_array().unwrap().is_empty());
-    let alerts = std::fs::read_to_string(root.join("alerts.yml")).unwrap();
-    let mut wanted = referenced_metrics(&dash);
-    wanted.extend(referenced_metrics(&alerts));
-    assert!(wanted.len() > 15, "{wanted:?}");
-
-    let tmp = std::env::temp_dir().join(format!("safeloop-dash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let (policy, score) = (golden_dir("llama-gqa"), golden_dir("llama-gqa-score"));
-    let s = Server::start(&[
-        "--model",
-        policy.to_str().unwrap(),
-        "--cost-model",
-        score.to_str().unwrap(),
-        "--log-dir",
-        tmp.to_str().unwrap(),
-    ]);
-    let c = Client::new();
-    // One request so every histogram and labelled series has a sample.
-    let r = c
-        .post(s.url("/v1/chat/completions"))
-        .json(&serde_json::json!({"model": "llama-gqa", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let exported = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
-    let have = referenced_metrics(&exported);
-    let missing: Vec<&String> = wanted.iter().filter(|m| !have.contains(*m)).collect();
+fn the_committed_dashboards_are_what_the_generator_writes() {
+    let out = Command::new("python3")
+        .arg(dashboards_dir().join("generate.py"))
+        .arg("--check")
+        .output()
+        .expect("python3");
     assert!(
-        missing.is_empty(),
-        "referenced but not exported: {missing:?}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    drop(s);
-    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dashboards_dir())
+        .output()
+        .expect("promtool (Debian package prometheus; scripts/setup.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+    text
+}
+
+#[test]
+fn promtool_accepts_the_config_and_rules_and_every_alert_passes_its_unit_test() {
+    promtool(&["check", "config", "prometheus.yml"]);
+    let rules = alert_rules();
+    let checked = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", rules.len())),
+        "{checked}"
+    );
+    let tested = promtool(&["test", "rules", "alerts_test.yml"]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    // Every alert has a case that fires it and one that does not.
+    let tests = std::fs::read_to_string(dashboards_dir().join("alerts_test.yml")).unwrap();
+    let v: serde_json::Value = serde_yaml_ng::from_str(&tests).unwrap();
+    let mut fired = BTreeSet::new();
+    let mut silent = BTreeSet::new();
+    for t in v["tests"].as_array().unwrap() {
+        for c in t["alert_rule_test"].as_array().unwrap() {
+            let name = c["alertname"].as_str().unwrap().to_string();
+            if c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                fired.insert(name);
+            } else {
+                silent.insert(name);
+            }
+        }
+    }
+    for (name, _) in &rules {
+        assert!(
+            fired.contains(name) && silent.contains(name),
+            "{name}: needs a firing and a silent case in alerts_test.yml"
+        );
+    }
+    let names: BTreeSet<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
+    for wanted in [
+        "SafeloopFlagRateSpike",
+        "SafeloopScoringErrors",
+        "SafeloopLogWriteErrors",
+        "SafeloopHighTTFT",
+        "SafeloopSwapFailed",
+        "SafeloopNoPromotion",
+        "SafeloopRoundFailed",
+        "SafeloopLambdaAtCap",
+        "SafeloopTrainerStale",
+    ] {
+        assert!(names.contains(wanted), "{wanted} missing from alerts.yml");
+    }
 }

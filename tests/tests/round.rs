@@ -419,20 +419,44 @@ fn a_round_on_served_logs_promotes_a_safer_policy_that_the_server_swaps_in() {
     let status = [("job", "safeloop-train"), ("command", "round-status")];
     let sample = |name: &str, labels: &[(&str, &str)]| safeloop_tests::sample(&text, name, labels);
     assert_eq!(
-        sample("safeloop_train_exit_code", &status),
+        sample("safeloop_round_exit_code", &status),
         Some(3.0),
         "{text}"
     );
-    assert_eq!(sample("safeloop_train_promoted", &status), Some(0.0));
-    assert_eq!(sample("safeloop_train_round", &status), Some(2.0));
-    assert!(sample("safeloop_train_gate_checks_failed", &status).unwrap() >= 1.0);
+    let outcome = |o: &str| {
+        let mut l = status.to_vec();
+        l.push(("outcome", o));
+        (
+            sample("safeloop_round_last_outcome", &l),
+            sample("safeloop_rounds_total", &l),
+        )
+    };
+    assert_eq!(outcome("rejected"), (Some(1.0), Some(1.0)));
     assert_eq!(
-        sample("safeloop_train_challenger_harmful_ratio", &status),
+        outcome("promoted"),
+        (Some(0.0), Some(1.0)),
+        "round 1 counted"
+    );
+    assert_eq!(sample("safeloop_round_number", &status), Some(2.0));
+    assert_eq!(sample("safeloop_round_running", &status), Some(0.0));
+    assert_eq!(sample("safeloop_round_steps_done", &status), Some(6.0));
+    let promoted_at = sample("safeloop_round_last_promotion_timestamp_seconds", &status).unwrap();
+    assert!(promoted_at > 1e9, "round 1's promotion time: {promoted_at}");
+    assert!(sample("safeloop_round_gate_checks_failed", &status).unwrap() >= 1.0);
+    let mut l = status.to_vec();
+    l.extend([("policy", "challenger"), ("scorer", "cost_model")]);
+    assert_eq!(
+        sample("safeloop_round_harmful_ratio", &l),
         s2["evaluate"]["challenger"]["harmful_ratio"].as_f64()
     );
     let ppo = [("job", "safeloop-train"), ("command", "round")];
     assert_eq!(sample("safeloop_train_step", &ppo), Some(2.0), "{text}");
     assert!(sample("safeloop_train_lambda", &ppo).is_some());
+    assert_eq!(
+        sample("safeloop_train_running", &ppo),
+        Some(0.0),
+        "the PPO group says it ended"
+    );
     assert_eq!(champion(&reg), v1);
     let aliases =
         train_json(&["registry", "show", &format!("{}/tiny", path_str(&reg))])["aliases"].clone();
@@ -448,10 +472,26 @@ fn a_round_on_served_logs_promotes_a_safer_policy_that_the_server_swaps_in() {
     write_config(&config3, &reg, &log, &state, &annotations, "max-steps = 1");
     let (code, _, err) = round(
         &config3,
-        &["--eval-prompts", path_str(&tmp.join("missing.jsonl"))],
+        &[
+            "--eval-prompts",
+            path_str(&tmp.join("missing.jsonl")),
+            "--pushgateway",
+            &gw.url,
+        ],
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("missing.jsonl"), "{err}");
+    let text = gw.metrics();
+    let failed = [
+        ("job", "safeloop-train"),
+        ("command", "round-status"),
+        ("outcome", "failed"),
+    ];
+    assert_eq!(
+        safeloop_tests::sample(&text, "safeloop_round_last_outcome", &failed),
+        Some(1.0),
+        "{text}"
+    );
     let (code, s3, err) = round(&config3, &["--abandon"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(s3["status"], "abandoned");

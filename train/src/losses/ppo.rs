@@ -18,6 +18,22 @@ pub fn actor_loss(
     -masked_mean(&surr1.minimum(&surr2), mask)
 }
 
+/// Share of the masked tokens whose ratio `exp(logp_new − logp_old)` is outside `[1 − clip, 1 + clip]`.
+pub fn ratio_clip_fraction(logp_new: &Tensor, logp_old: &Tensor, mask: &Tensor, clip: f64) -> f64 {
+    let ratio = (logp_new - logp_old).exp();
+    let outside = (ratio - 1.0).abs().gt(clip).to_kind(tch::Kind::Float);
+    masked_mean(&outside, mask).double_value(&[])
+}
+
+/// Share of the masked tokens whose value moved more than `clip` from the old value.
+pub fn value_clip_fraction(values: &Tensor, old_values: &Tensor, mask: &Tensor, clip: f64) -> f64 {
+    let outside = (values - old_values)
+        .abs()
+        .gt(clip)
+        .to_kind(tch::Kind::Float);
+    masked_mean(&outside, mask).double_value(&[])
+}
+
 /// `0.5 · masked_mean(max((V − G)², (V_clip − G)²), mask)`, `V_clip = clamp(V, V_old − ε_v, V_old + ε_v)`.
 pub fn critic_loss(
     values: &Tensor,

@@ -216,6 +216,10 @@ pub fn train(
             rec.training_s = t3.duration_since(t2).as_secs_f64();
             rec.rollout_s = rollout_s;
             rec.scoring_s = scoring_s;
+            rec.generated_tokens = episodes.iter().map(|e| e.ids.len()).sum();
+            let step_s = t0.elapsed().as_secs_f64();
+            rec.rollout_tokens_per_second = rec.generated_tokens as f64 / rollout_s.max(1e-9);
+            rec.tokens_per_second = rec.generated_tokens as f64 / step_s.max(1e-9);
             log.write(&serde_json::to_value(&rec)?)?;
             pb.set_message(format!(
                 "R {:.3} C {} λ {} | rollout {:.1}s score {:.1}s train {:.1}s",

@@ -7,7 +7,7 @@ use super::args::PpoSettings;
 use super::constraint::CostConstraint;
 use super::experience::{self, Experience, Shaping};
 use super::record::StepRecord;
-use crate::losses::ppo::{actor_loss, critic_loss};
+use crate::losses::ppo::{actor_loss, critic_loss, ratio_clip_fraction, value_clip_fraction};
 use crate::model::Model;
 use crate::optim::{AdamW, LrSchedule};
 use crate::rollout::Generated;
@@ -180,6 +180,14 @@ impl Trainer {
             &m,
             s.clip_range_ratio,
         );
+        let actor_clip_fraction = tch::no_grad(|| {
+            ratio_clip_fraction(
+                &exp.tail(&logp_new),
+                &exp.tail(&exp.logp_old),
+                &m,
+                s.clip_range_ratio,
+            )
+        });
         let ptx_loss = if self.ptx.is_empty() {
             a_loss.backward();
             None
@@ -207,16 +215,17 @@ impl Trainer {
             max_grad_norm: s.run.max_grad_norm,
             lr: critic_lr,
         };
-        let rc_loss = critic.run(
+        let (rc_loss, rc_clip) = critic.run(
             &self.reward_critic,
             &mut self.reward_critic_opt,
             &exp.reward_values,
             &exp.reward_returns,
         );
-        let cc_loss = match (&mut self.constraint, &exp.cost_values, &exp.cost_returns) {
+        let cc = match (&mut self.constraint, &exp.cost_values, &exp.cost_returns) {
             (Some(k), Some(old), Some(ret)) => Some(critic.run(&k.critic, &mut k.opt, old, ret)),
             _ => None,
         };
+        let (cc_loss, cc_clip) = (cc.map(|c| c.0), cc.map(|c| c.1));
         self.global_step += 1;
         let gen_lens: Vec<usize> = episodes.iter().map(|e| e.ids.len()).collect();
         StepRecord {
@@ -228,6 +237,11 @@ impl Trainer {
             lambda: self.constraint.as_ref().map(|k| k.lagrange.lambda()),
             lambda_capped: lambda_step.map(|s| s.capped),
             episode_cost: self.constraint.as_ref().map(|k| k.lagrange.episode_cost()),
+            cost_threshold: self.constraint.as_ref().map(|k| k.lagrange.threshold),
+            lambda_max: self.constraint.as_ref().and_then(|k| k.lagrange.lambda_max),
+            actor_clip_fraction,
+            reward_critic_clip_fraction: rc_clip,
+            cost_critic_clip_fraction: cc_clip,
             reward_with_kl_penalty: exp.masked_sum_mean(&exp.rewards_tok),
             cost_with_kl_penalty: exp.costs_tok.as_ref().map(|c| exp.masked_sum_mean(c)),
             reward_advantage: masked_mean_f(&exp.reward_adv, &m),
@@ -299,7 +313,7 @@ impl Trainer {
     }
 }
 
-/// One critic's optimiser step on the clipped value loss.
+/// One critic's optimiser step on the clipped value loss; returns the loss and the clip fraction.
 struct CriticStep<'a> {
     exp: &'a Experience,
     mask: &'a tch::Tensor,
@@ -315,20 +329,17 @@ impl CriticStep<'_> {
         opt: &mut AdamW,
         old: &tch::Tensor,
         returns: &tch::Tensor,
-    ) -> f64 {
+    ) -> (f64, f64) {
         opt.zero_grad();
         let v = experience::values(critic, &self.exp.batch);
-        let l = critic_loss(
-            &self.exp.tail(&v),
-            &self.exp.tail(old),
-            returns,
-            self.mask,
-            self.clip_range_value,
-        );
+        let (v, old) = (self.exp.tail(&v), self.exp.tail(old));
+        let l = critic_loss(&v, &old, returns, self.mask, self.clip_range_value);
+        let clipped =
+            tch::no_grad(|| value_clip_fraction(&v, &old, self.mask, self.clip_range_value));
         l.backward();
         opt.clip_grad_norm(self.max_grad_norm);
         opt.step(self.lr);
-        l.double_value(&[])
+        (l.double_value(&[]), clipped)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod models;
 pub mod report;
 pub mod state;
+pub mod status;
 
 use crate::data::preference::ScoreKind;
 use crate::ppo::{scorers, Objective, PpoArgs, PpoSettings};
@@ -207,7 +208,11 @@ pub fn run(args: &RoundArgs) -> Result<(Outcome, Value)> {
         .as_ref()
         .map_or("a new round".to_string(), |r| r.id().to_string());
     let guard = lock::LockGuard::acquire(&pref, &purpose, args.lock_stale_secs)?;
-    let result = drive(&ctx, unfinished, &guard);
+    let mut status = status::StatusPush::new(&args.ppo.run.push, &ctx.state);
+    let result = drive(&ctx, unfinished, &guard, &mut status);
+    if result.is_err() {
+        status.failed();
+    }
     guard.release()?;
     result
 }
@@ -216,6 +221,7 @@ fn drive(
     ctx: &Ctx,
     unfinished: Option<Round>,
     guard: &lock::LockGuard,
+    status_push: &mut status::StatusPush,
 ) -> Result<(Outcome, Value)> {
     let args = ctx.args;
     let mut round = match (unfinished, args.resume, args.abandon) {
@@ -230,6 +236,8 @@ fn drive(
             ctx.state
                 .finish(&mut r, Status::Abandoned, None, &Default::default(), &summary)?;
             eprintln!("{}: abandoned; the log cursor stays", r.id());
+            status_push.set_round(round_number(&r));
+            status_push.finished(Status::Abandoned, &summary);
             return Ok((Outcome::Abandoned, summary));
         }
         (None, true, _) | (None, _, true) => bail!(
@@ -245,8 +253,7 @@ fn drive(
     };
     let started = Instant::now();
     let mut metrics = crate::metrics::MetricsLog::open(&round.dir.join("metrics.jsonl"))?;
-    // The round's own figures (step, outcome, the gate's figures) go to the `round-status` group.
-    let mut status_push = crate::push::Pusher::for_group(&args.ppo.run.push, "round-status");
+    status_push.set_round(round_number(&round));
     let pb = crate::metrics::progress(state::STEPS.len() as u64, round.id());
     for (i, step) in state::STEPS.iter().enumerate() {
         if round.step(step).is_some() {
@@ -269,10 +276,7 @@ fn drive(
         guard.check()?;
         round.record_step(step, result.clone())?;
         metrics.write(&json!({"round": round.id(), "step": step, "result": result}))?;
-        if let Some(p) = &mut status_push {
-            p.push(&json!({"round": round_number(&round), "steps_done": i + 1,
-                "step_seconds": result["seconds"], "running": true}));
-        }
+        status_push.step(step, result["seconds"].as_f64().unwrap_or(0.0));
         eprintln!(
             "{}: {step} done in {:.1}s",
             round.id(),
@@ -296,6 +300,7 @@ fn drive(
                 result["model"].as_str().unwrap_or_default(),
                 args.harvest.min_new_records
             );
+            status_push.finished(Status::Skipped, &summary);
             return Ok((Outcome::Skipped, summary));
         }
     }
@@ -318,19 +323,7 @@ fn drive(
     report::write(&round, &summary)?;
     ctx.state
         .finish(&mut round, status, Some(cursor), &consumed, &summary)?;
-    if let Some(p) = &mut status_push {
-        let e = &summary["evaluate"];
-        p.push(&json!({
-            "round": round_number(&round), "steps_done": state::STEPS.len(), "running": false,
-            "promoted": promoted, "exit_code": summary["exit_code"],
-            "gate_checks_failed": summary["gate"]["checks"].as_array().map_or(0, |c| c.iter().filter(|x| x["passed"] == false).count()),
-            "champion_harmful_ratio": e["champion"]["harmful_ratio"], "challenger_harmful_ratio": e["challenger"]["harmful_ratio"],
-            "champion_mean_cost": e["champion"]["mean_cost"], "challenger_mean_cost": e["challenger"]["mean_cost"],
-            "champion_mean_reward": e["champion"]["mean_reward"], "challenger_mean_reward": e["challenger"]["mean_reward"],
-            "champion_judge_harmful_ratio": e["champion"]["judge_harmful_ratio"], "challenger_judge_harmful_ratio": e["challenger"]["judge_harmful_ratio"],
-            "wall_seconds": summary["wall_s_this_run"],
-        }));
-    }
+    status_push.finished(status, &summary);
     Ok((
         if promoted {
             Outcome::Promoted
