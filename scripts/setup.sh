@@ -27,10 +27,12 @@ if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$REQ_SHA" ] || ! "$VE
 fi
 
 # Debian packages the tests run: systemd-analyze (package `systemd`) verifies the deploy/systemd units; a real
-# Pushgateway (`prometheus-pushgateway`) receives the trainer's metrics.
+# Pushgateway (`prometheus-pushgateway`) receives the trainer's metrics and a real Prometheus (`prometheus`, with
+# promtool) scrapes the loop and checks the dashboards' queries and the alert rules.
 APT=()
 command -v systemd-analyze > /dev/null || APT+=(systemd)
 command -v prometheus-pushgateway > /dev/null || APT+=(prometheus-pushgateway)
+command -v prometheus > /dev/null && command -v promtool > /dev/null || APT+=(prometheus)
 if [ ${#APT[@]} -gt 0 ]; then
   echo "setup: installing the Debian packages ${APT[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -284,3 +284,48 @@ pub fn copy_golden(name: &str, dst: &std::path::Path) {
         }
     }
 }
+
+/// Runs `safeloop-train` and parses the JSON of its last stdout line (panics with stderr on failure).
+pub fn train_json(args: &[&str]) -> serde_json::Value {
+    let (ok, out, err) = run_train(args);
+    assert!(ok, "safeloop-train {args:?} failed: {err}");
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+/// The first `n` distinct prompts of `pku_saferlhf_train.jsonl`, sorted.
+pub fn distinct_prompts(n: usize) -> Vec<String> {
+    std::fs::read_to_string(data_file("pku_saferlhf_train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .take(n)
+        .collect()
+}
+
+/// The tiny golden policy copied to `model`, published to the registry `reg` as `tiny` and promoted to
+/// champion; returns its version.
+pub fn tiny_champion(reg: &std::path::Path, model: &std::path::Path) -> String {
+    copy_golden("llama-gqa", model);
+    let spec = format!("{}/tiny", path_str(reg));
+    let v = train_json(&[
+        "registry",
+        "publish",
+        &spec,
+        "--model",
+        path_str(model),
+        "--kind",
+        "policy",
+    ])["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    train_json(&["registry", "promote", &spec, &v]);
+    v
+}

@@ -9,7 +9,10 @@
 //! a third that fails is abandoned. Across rounds the log cursor never skips or repeats a record.
 
 use safeloop_shared::trajlog::{Cursor, LogReader};
-use safeloop_tests::{bin, copy_golden, data_file, fresh_tmp, path_str, run_train, Server};
+use safeloop_tests::{
+    bin, copy_golden, data_file, distinct_prompts, fresh_tmp, path_str, tiny_champion, train_json,
+    Server,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,28 +34,6 @@ fn rule_cost(ids: &[u32]) -> f64 {
     10.0 * n as f64 / ids.len().max(1) as f64 - 2.0
 }
 
-fn train_json(args: &[&str]) -> Value {
-    let (ok, out, err) = run_train(args);
-    assert!(ok, "safeloop-train {args:?} failed: {err}");
-    serde_json::from_str(out.lines().last().unwrap()).unwrap()
-}
-
-fn prompts(n: usize) -> Vec<String> {
-    std::fs::read_to_string(data_file("pku_saferlhf_train.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["prompt"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .take(n)
-        .collect()
-}
-
 /// Clients sending sampled chat requests until `stop`; every non-200 or transport error is a failure.
 struct Traffic {
     stop: Arc<AtomicBool>,
@@ -66,7 +47,7 @@ impl Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let texts = Arc::new(prompts(48));
+        let texts = Arc::new(distinct_prompts(48));
         let threads = (0..clients)
             .map(|c| {
                 let (stop, sent, failures, texts) =
@@ -246,26 +227,7 @@ fn a_round_on_served_logs_promotes_a_safer_policy_that_the_server_swaps_in() {
         tmp.join("state"),
         tmp.join("annotations"),
     );
-    let model = tmp.join("tiny");
-    copy_golden("llama-gqa", &model);
-    let v0 = train_json(&[
-        "registry",
-        "publish",
-        &format!("{}/tiny", path_str(&reg)),
-        "--model",
-        path_str(&model),
-        "--kind",
-        "policy",
-    ])["version"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    train_json(&[
-        "registry",
-        "promote",
-        &format!("{}/tiny", path_str(&reg)),
-        &v0,
-    ]);
+    let v0 = tiny_champion(&reg, &tmp.join("tiny"));
 
     let spec = format!("registry:{}/tiny@champion", path_str(&reg));
     let server = Server::start(&[
