@@ -226,7 +226,7 @@ pub async fn apply(
         }
         match chosen {
             Some((r, si)) => {
-                metrics.decision(si.action.as_str());
+                metrics.decision(si.action, si.cost);
                 if candidates.is_empty() {
                     candidates.push(Candidate {
                         job: i,
@@ -247,7 +247,7 @@ pub async fn apply(
                 });
             }
             None => {
-                metrics.decision("block");
+                metrics.decision(GateAction::Block, s.cost);
                 out.push(Gated {
                     prompt_logprobs,
                     text: policy.refusal.clone(),
@@ -267,13 +267,23 @@ pub async fn apply(
     Ok(out)
 }
 
-/// Log candidates for choices that were streamed as generated (annotate only).
+/// Log candidates for choices that were streamed as generated (annotate only), each scored choice counted as
+/// passed, annotated (flagged) or unscored.
 pub fn streamed_candidates(
     jobs: &[(Vec<u32>, SamplingParams)],
     outputs: Vec<Vec<SampledToken>>,
     reasons: Vec<FinishReason>,
     scores: Vec<Option<SafetyInfo>>,
+    metrics: &crate::metrics::GateMetrics<'_>,
 ) -> Vec<Candidate> {
+    for s in scores.iter().flatten() {
+        let action = match s.action {
+            GateAction::Unscored => GateAction::Unscored,
+            _ if s.flagged => GateAction::Annotate,
+            _ => GateAction::Pass,
+        };
+        metrics.decision(action, s.cost);
+    }
     outputs
         .into_iter()
         .zip(reasons)

@@ -4,6 +4,16 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use safeloop_shared::trajlog::GateAction;
+
+/// Every decision the gate reports for a choice.
+const DECISIONS: [GateAction; 5] = [
+    GateAction::Pass,
+    GateAction::Annotate,
+    GateAction::Resample,
+    GateAction::Block,
+    GateAction::Unscored,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -303,8 +313,9 @@ impl Metrics {
     /// The series of a newly served policy version, at zero, so that rates and ratios by version exist
     /// before its first decision.
     pub fn init_version(&self, version: &str) {
-        for a in ["pass", "annotate", "resample", "block", "unscored"] {
-            self.gate_decisions.with_label_values(&[version, a]);
+        for a in DECISIONS {
+            self.gate_decisions
+                .with_label_values(&[version, a.as_str()]);
         }
         self.input_refusals.with_label_values(&[version]);
         self.requests_by_version.with_label_values(&[version]);
@@ -341,11 +352,15 @@ pub struct GateMetrics<'a> {
 }
 
 impl GateMetrics<'_> {
-    pub fn decision(&self, action: &str) {
+    /// A choice's final decision, with its cost when it was scored.
+    pub fn decision(&self, action: GateAction, cost: Option<f32>) {
         self.all
             .gate_decisions
-            .with_label_values(&[self.version, action])
+            .with_label_values(&[self.version, action.as_str()])
             .inc();
+        if let Some(c) = cost {
+            self.cost(c);
+        }
     }
 
     pub fn cost(&self, c: f32) {

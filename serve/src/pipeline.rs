@@ -15,7 +15,6 @@ use crate::trajectory::{self, RequestInfo};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use safeloop_shared::engine::{FinishReason, SampledToken, SamplingParams, SeqUpdate};
-use safeloop_shared::trajlog::GateAction;
 use safeloop_shared::ChatMessage;
 use std::future::Future;
 use std::sync::Arc;
@@ -143,20 +142,14 @@ pub async fn run<W: Wire>(st: &Shared, p: Prepared, mut wire: W) -> Result<Respo
                 .map(|(i, t)| (conv(i), Some(t)))
                 .collect();
             let scores = safety.annotate(items).await;
-            let gm = st.metrics.gate(&version);
-            for s in scores.iter().flatten() {
-                // Streamed as generated: the gate could only annotate.
-                if let Some(c) = s.cost {
-                    gm.cost(c);
-                }
-                gm.decision(match s.action {
-                    GateAction::Unscored => "unscored",
-                    _ if s.flagged => "annotate",
-                    _ => "pass",
-                });
-            }
             let completion_tokens = outputs.iter().map(|o| o.len() as u32).sum();
-            let logged = gate::streamed_candidates(&info.jobs, outputs, reasons, scores);
+            let logged = gate::streamed_candidates(
+                &info.jobs,
+                outputs,
+                reasons,
+                scores,
+                &st.metrics.gate(&version),
+            );
             let usage = p
                 .include_usage
                 .then(|| wire.usage(Usage::new(prompt_tokens, completion_tokens)));
@@ -221,11 +214,9 @@ pub async fn run<W: Wire>(st: &Shared, p: Prepared, mut wire: W) -> Result<Respo
     )
     .await?;
     if safety.enabled() {
-        let gm = st.metrics.gate(&version);
-        gm.latency(t_gate.elapsed().as_secs_f64());
-        for c in gated.iter().filter_map(|g| g.safety.as_ref()?.cost) {
-            gm.cost(c);
-        }
+        st.metrics
+            .gate(&version)
+            .latency(t_gate.elapsed().as_secs_f64());
     }
     let mut candidates = vec![];
     let mut out = vec![];

@@ -99,7 +99,7 @@ pub async fn run(
             done += 1;
             // Its remaining tokens would never be sent: stop generating them.
             engine.cancel(ids[i]);
-            gm.decision("block");
+            gm.decision(GateAction::Block, None);
             Release {
                 index: i,
                 text: String::new(),
@@ -120,7 +120,14 @@ pub async fn run(
             if finished {
                 st.done = true;
                 done += 1;
-                gm.decision(if unscored { "unscored" } else { "pass" });
+                gm.decision(
+                    if unscored {
+                        GateAction::Unscored
+                    } else {
+                        GateAction::Pass
+                    },
+                    None,
+                );
             }
             Release {
                 index: i,

@@ -221,11 +221,14 @@ impl Trainer {
             &exp.reward_values,
             &exp.reward_returns,
         );
-        let cc = match (&mut self.constraint, &exp.cost_values, &exp.cost_returns) {
-            (Some(k), Some(old), Some(ret)) => Some(critic.run(&k.critic, &mut k.opt, old, ret)),
-            _ => None,
-        };
-        let (cc_loss, cc_clip) = (cc.map(|c| c.0), cc.map(|c| c.1));
+        let (cc_loss, cc_clip) =
+            match (&mut self.constraint, &exp.cost_values, &exp.cost_returns) {
+                (Some(k), Some(old), Some(ret)) => {
+                    Some(critic.run(&k.critic, &mut k.opt, old, ret))
+                }
+                _ => None,
+            }
+            .unzip();
         self.global_step += 1;
         let gen_lens: Vec<usize> = episodes.iter().map(|e| e.ids.len()).collect();
         StepRecord {

@@ -221,7 +221,7 @@ fn drive(
     ctx: &Ctx,
     unfinished: Option<Round>,
     guard: &lock::LockGuard,
-    status_push: &mut status::StatusPush,
+    status_push: &mut status::StatusPush<'_>,
 ) -> Result<(Outcome, Value)> {
     let args = ctx.args;
     let mut round = match (unfinished, args.resume, args.abandon) {
@@ -236,8 +236,7 @@ fn drive(
             ctx.state
                 .finish(&mut r, Status::Abandoned, None, &Default::default(), &summary)?;
             eprintln!("{}: abandoned; the log cursor stays", r.id());
-            status_push.set_round(round_number(&r));
-            status_push.finished(Status::Abandoned, &summary);
+            status_push.finished(&r, &summary);
             return Ok((Outcome::Abandoned, summary));
         }
         (None, true, _) | (None, _, true) => bail!(
@@ -253,7 +252,6 @@ fn drive(
     };
     let started = Instant::now();
     let mut metrics = crate::metrics::MetricsLog::open(&round.dir.join("metrics.jsonl"))?;
-    status_push.set_round(round_number(&round));
     let pb = crate::metrics::progress(state::STEPS.len() as u64, round.id());
     for (i, step) in state::STEPS.iter().enumerate() {
         if round.step(step).is_some() {
@@ -276,7 +274,7 @@ fn drive(
         guard.check()?;
         round.record_step(step, result.clone())?;
         metrics.write(&json!({"round": round.id(), "step": step, "result": result}))?;
-        status_push.step(step, result["seconds"].as_f64().unwrap_or(0.0));
+        status_push.step(&round);
         eprintln!(
             "{}: {step} done in {:.1}s",
             round.id(),
@@ -300,7 +298,7 @@ fn drive(
                 result["model"].as_str().unwrap_or_default(),
                 args.harvest.min_new_records
             );
-            status_push.finished(Status::Skipped, &summary);
+            status_push.finished(&round, &summary);
             return Ok((Outcome::Skipped, summary));
         }
     }
@@ -323,7 +321,7 @@ fn drive(
     report::write(&round, &summary)?;
     ctx.state
         .finish(&mut round, status, Some(cursor), &consumed, &summary)?;
-    status_push.finished(status, &summary);
+    status_push.finished(&round, &summary);
     Ok((
         if promoted {
             Outcome::Promoted
@@ -355,10 +353,6 @@ fn champion_version(round: &Round) -> Result<String> {
         .context("round.json: harvest.champion")
 }
 
-fn round_number(round: &Round) -> u64 {
-    round.id().trim_start_matches("round-").parse().unwrap_or(0)
-}
-
 fn step_harvest(ctx: &Ctx, round: &Round) -> Result<Value> {
     let version = ctx.reg.resolve(&ctx.name, "champion").with_context(|| {
         format!(
@@ -383,7 +377,7 @@ fn step_harvest(ctx: &Ctx, round: &Round) -> Result<Value> {
         ctx.state.cursor()?,
         &tok,
         &round.step_dir("harvest")?,
-        ctx.args.ppo.run.seed.wrapping_add(round_number(round)),
+        ctx.args.ppo.run.seed.wrapping_add(round.number()),
     )?;
     r["champion"] = json!(version);
     Ok(r)

@@ -26,6 +26,19 @@ pub enum Status {
     Abandoned,
 }
 
+impl Status {
+    /// The name it is written with (`rounds.jsonl`, summaries, metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Promoted => "promoted",
+            Status::Rejected => "rejected",
+            Status::Skipped => "skipped",
+            Status::Abandoned => "abandoned",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub id: String,
@@ -184,6 +197,11 @@ impl Round {
         &self.record.id
     }
 
+    /// N of `round-000N`.
+    pub fn number(&self) -> u64 {
+        self.id().trim_start_matches("round-").parse().unwrap_or(0)
+    }
+
     pub fn step(&self, name: &str) -> Option<&Value> {
         self.record.steps.get(name)
     }
@@ -203,5 +221,23 @@ impl Round {
         let d = self.dir.join(name);
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn status_names_are_the_serialised_ones() {
+        for s in [
+            Status::Running,
+            Status::Promoted,
+            Status::Rejected,
+            Status::Skipped,
+            Status::Abandoned,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 }

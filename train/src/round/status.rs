@@ -3,17 +3,24 @@
 //! ended (`safeloop_rounds_total{outcome}` from `STATE/rounds.jsonl`, the last promotion's time), how this one
 //! ended (`safeloop_round_last_outcome{outcome}`, exit code) and every figure its promotion gate used.
 
-use super::state::{StateDir, Status, STEPS};
+use super::state::{Round, StateDir, Status};
 use crate::push::{Exposition, PushArgs, Pusher};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// How a round can end: a finished status, or `failed` (an error; the round stays unfinished).
 const OUTCOMES: [&str; 5] = ["promoted", "rejected", "skipped", "abandoned", "failed"];
+const FINISHED: [Status; 4] = [
+    Status::Promoted,
+    Status::Rejected,
+    Status::Skipped,
+    Status::Abandoned,
+];
 
-/// What `STATE/rounds.jsonl` says of the rounds that finished before this one.
+/// What `STATE/rounds.jsonl` says of the finished rounds.
 #[derive(Default)]
 struct History {
-    by_outcome: BTreeMap<String, u64>,
+    by_status: BTreeMap<String, u64>,
     last_promotion_ms: Option<u64>,
 }
 
@@ -26,39 +33,51 @@ impl History {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         {
             let status = v["status"].as_str().unwrap_or("unknown").to_string();
-            if status == "promoted" {
+            if status == Status::Promoted.as_str() {
                 let finished = v["round"]
                     .as_str()
                     .and_then(|id| state.load(id).ok())
                     .and_then(|r| r.record.finished_ms);
                 h.last_promotion_ms = h.last_promotion_ms.max(finished);
             }
-            *h.by_outcome.entry(status).or_default() += 1;
+            *h.by_status.entry(status).or_default() += 1;
         }
         h
     }
 }
 
-pub struct StatusPush {
-    pusher: Option<Pusher>,
-    history: History,
+/// Where the round stands, read from its record: its number and each finished step's seconds.
+#[derive(Default)]
+struct Progress {
     round: u64,
     step_seconds: BTreeMap<String, f64>,
 }
 
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Running => "running",
-        Status::Promoted => "promoted",
-        Status::Rejected => "rejected",
-        Status::Skipped => "skipped",
-        Status::Abandoned => "abandoned",
+impl Progress {
+    fn of(round: &Round) -> Self {
+        Self {
+            round: round.number(),
+            step_seconds: round
+                .record
+                .steps
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v["seconds"].as_f64()?)))
+                .collect(),
+        }
     }
 }
 
-impl StatusPush {
+pub struct StatusPush<'a> {
+    pusher: Option<Pusher>,
+    state: &'a StateDir,
+    history: History,
+    /// The last round seen (what a failure reports).
+    progress: Progress,
+}
+
+impl<'a> StatusPush<'a> {
     /// `None` pusher without `--pushgateway`: every call is then a no-op.
-    pub fn new(args: &PushArgs, state: &StateDir) -> Self {
+    pub fn new(args: &PushArgs, state: &'a StateDir) -> Self {
         let pusher = Pusher::for_group(args, "round-status");
         Self {
             history: if pusher.is_some() {
@@ -67,17 +86,18 @@ impl StatusPush {
                 History::default()
             },
             pusher,
-            round: 0,
-            step_seconds: BTreeMap::new(),
+            state,
+            progress: Progress::default(),
         }
     }
 
     fn base(&self, running: bool) -> Exposition {
+        let p = &self.progress;
         let mut e = Exposition::default();
         e.gauge(
             "safeloop_round_number",
             "The round's number",
-            self.round as f64,
+            p.round as f64,
         )
         .gauge(
             "safeloop_round_running",
@@ -87,14 +107,9 @@ impl StatusPush {
         .gauge(
             "safeloop_round_steps_done",
             "Steps of the round done (of harvest, annotate, optimise, evaluate, gate, publish)",
-            self.step_seconds.len() as f64,
-        )
-        .gauge(
-            "safeloop_round_steps",
-            "Steps in a round",
-            STEPS.len() as f64,
+            p.step_seconds.len() as f64,
         );
-        for (step, s) in &self.step_seconds {
+        for (step, s) in &p.step_seconds {
             e.sample(
                 "gauge",
                 "safeloop_round_step_seconds",
@@ -103,14 +118,14 @@ impl StatusPush {
                 *s,
             );
         }
-        for o in OUTCOMES {
-            let n = self.history.by_outcome.get(o).copied().unwrap_or(0);
+        for status in FINISHED {
+            let n = self.history.by_status.get(status.as_str()).copied();
             e.sample(
                 "counter",
                 "safeloop_rounds_total",
                 "Rounds finished, by outcome (from the state directory's rounds.jsonl)",
-                &[("outcome", o)],
-                n as f64,
+                &[("outcome", status.as_str())],
+                n.unwrap_or(0) as f64,
             );
         }
         if let Some(ms) = self.history.last_promotion_ms {
@@ -120,49 +135,30 @@ impl StatusPush {
                 ms as f64 / 1000.0,
             );
         }
-        e.gauge(
-            "safeloop_round_last_push_timestamp_seconds",
-            "When the round last pushed (Unix seconds)",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-        );
         e
     }
 
-    pub fn set_round(&mut self, round: u64) {
-        self.round = round;
-    }
-
-    /// A step finished.
-    pub fn step(&mut self, step: &str, seconds: f64) {
+    /// A step of `round` was recorded.
+    pub fn step(&mut self, round: &Round) {
         if self.pusher.is_none() {
             return;
         }
-        self.step_seconds.insert(step.to_string(), seconds);
+        self.progress = Progress::of(round);
         let body = self.base(true).text();
         self.send(body);
     }
 
-    /// The round ended with `status` (its summary carries the gate's figures).
-    pub fn finished(&mut self, status: Status, summary: &Value) {
+    /// `round` was finished (recorded in the state directory); its summary carries the gate's figures.
+    pub fn finished(&mut self, round: &Round, summary: &Value) {
         if self.pusher.is_none() {
             return;
         }
-        let outcome = status_name(status);
-        *self
-            .history
-            .by_outcome
-            .entry(outcome.to_string())
-            .or_default() += 1;
-        if status == Status::Promoted {
-            self.history.last_promotion_ms = Some(safeloop_shared::registry::now_ms());
-        }
+        self.progress = Progress::of(round);
+        self.history = History::load(self.state);
         let mut e = self.base(false);
         outcome_samples(
             &mut e,
-            outcome,
+            round.record.status.as_str(),
             summary["exit_code"].as_f64().unwrap_or(0.0),
         );
         gate_samples(&mut e, summary);
