@@ -152,7 +152,7 @@ fn strip_modifiers(mut s: &str) -> String {
 
 /// Whether an operand reads a series (not a number or `time()` alone).
 pub fn reads_series(operand: &str) -> bool {
-    operand.contains("safeloop_") || operand.contains("push_time_seconds")
+    operand.contains("safeloop_")
 }
 
 #[cfg(test)]

@@ -141,6 +141,25 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// Waits (up to a minute) until `/v1/models` says the server serves the policy `version` (after a swap).
+    pub fn wait_for_version(&self, version: &str) {
+        let t = std::time::Instant::now();
+        loop {
+            let m: serde_json::Value = reqwest::blocking::get(self.url("/v1/models"))
+                .unwrap()
+                .json()
+                .unwrap();
+            if m["data"][0]["version"] == version {
+                return;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(60),
+                "no swap to {version}: {m}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn stderr(&self) -> Vec<String> {
         self.stderr_lines.lock().unwrap().clone()
     }
@@ -329,3 +348,61 @@ pub fn tiny_champion(reg: &std::path::Path, model: &std::path::Path) -> String {
     train_json(&["registry", "promote", &spec, &v]);
     v
 }
+
+/// The token-rule scorers the PPO tests optimise against: reward = 10 × the share of response ids in [4, 256),
+/// cost = 10 × the share in [4, 130) − 2 (the constrained optimum uses ids 130–255).
+pub const RULE_REWARD: &str = "token-fraction:4:256:10";
+pub const RULE_COST: &str = "token-fraction:4:130:10:-2";
+
+/// Runs `safeloop-train <command>` (ppo, ppo-lag, sweep…) on the tiny golden policy with the rule scorers and the
+/// PKU train prompts, writing to `out`, followed by `extra`; returns (success, stdout, stderr).
+pub fn rule_ppo(command: &str, out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    let (actor, prompts) = (
+        golden_dir("llama-gqa"),
+        data_file("pku_saferlhf_train.jsonl"),
+    );
+    let mut args = vec![
+        command,
+        "--actor",
+        path_str(&actor),
+        "--reward-model",
+        RULE_REWARD,
+        "--cost-model",
+        RULE_COST,
+        "--prompts",
+        path_str(&prompts),
+        "--out",
+        path_str(out),
+    ];
+    args.extend_from_slice(extra);
+    run_train(&args)
+}
+
+/// A round configuration for the tiny champion of `reg`, on the log in `log`, with its state in `state` and
+/// annotations in `annotations`, evaluated on `pku_saferlhf_dev` prompts, followed by `settings` (TOML lines:
+/// the scorers and everything else the test chooses).
+pub fn write_round_config(
+    path: &std::path::Path,
+    [reg, log, state, annotations]: [&std::path::Path; 4],
+    settings: &str,
+) {
+    std::fs::write(
+        path,
+        format!(
+            "policy = \"{}/tiny\"\nlog-dir = \"{}\"\nstate-dir = \"{}\"\nannotations = \"{}\"\neval-prompts = [\"{}\"]\n{settings}\n",
+            path_str(reg),
+            path_str(log),
+            path_str(state),
+            path_str(annotations),
+            path_str(&data_file("pku_saferlhf_dev.jsonl")),
+        ),
+    )
+    .unwrap();
+}
+
+/// Round settings whose promotion gate any challenger passes (for tests about everything but the verdict).
+pub const ANY_CHALLENGER_PASSES: &str = "gate-cost-target = 1000
+gate-reward-tolerance = 1000
+gate-harmful-tolerance = 1
+gate-min-length-ratio = 0
+gate-min-distinct-ratio = 0";

@@ -9,18 +9,14 @@ use safeloop_tests::dashboards::{
     alert_rules, dashboards_dir, expand_grafana_variables, operands, panel_queries, reads_series,
 };
 use safeloop_tests::{
-    data_file, distinct_prompts, fresh_tmp, golden_dir, jsonl_head, path_str, run_train,
-    tiny_champion, train_json, Prometheus, Pushgateway, Server,
+    data_file, distinct_prompts, fresh_tmp, golden_dir, jsonl_head, path_str, rule_ppo,
+    tiny_champion, train_json, write_round_config, Prometheus, Pushgateway, Server,
+    ANY_CHALLENGER_PASSES, RULE_COST, RULE_REWARD,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn train_ok(args: &[&str]) {
-    let (ok, _, err) = run_train(args);
-    assert!(ok, "safeloop-train {args:?} failed: {err}");
-}
 
 fn chat(http: &reqwest::blocking::Client, base: &str, body: Value) -> Value {
     let r = http
@@ -49,46 +45,11 @@ fn prometheus_config(server: &str, gateway: &str) -> String {
     out
 }
 
-fn write_round_config(path: &Path, reg: &Path, log: &Path, state: &Path) {
-    let eval = data_file("pku_saferlhf_dev.jsonl");
-    // A gate that any challenger passes: this test is about what the round reports, not its verdict.
-    std::fs::write(
-        path,
-        format!(
-            r#"policy = "{reg}/tiny"
-reward-model = "token-fraction:4:256:10"
-cost-model = "token-fraction:4:130:10:-2"
-log-dir = "{log}"
-state-dir = "{state}"
-annotations = "{state}/annotations"
-eval-prompts = ["{eval}"]
-eval-limit = 8
-min-new-records = 8
-max-new-tokens = 8
-ignore-eos = true
-prompt-batch-size = 8
-max-steps = 2
-gate-harmful-tolerance = 1.0
-gate-cost-target = 100
-gate-reward-tolerance = 100
-gate-min-length-ratio = 0
-gate-min-distinct-ratio = 0
-"#,
-            reg = path_str(reg),
-            log = path_str(log),
-            state = path_str(state),
-            eval = path_str(&eval),
-        ),
-    )
-    .unwrap();
-}
-
 #[test]
 fn every_dashboard_query_and_alert_signal_returns_series_from_a_live_loop() {
     let tmp = fresh_tmp("observability");
     let (reg, log, state) = (tmp.join("registry"), tmp.join("log"), tmp.join("state"));
-    let model = tmp.join("tiny");
-    tiny_champion(&reg, &model);
+    tiny_champion(&reg, &tmp.join("tiny"));
     let spec = format!("{}/tiny", path_str(&reg));
 
     let gw = Pushgateway::start();
@@ -152,34 +113,27 @@ fn every_dashboard_query_and_alert_signal_returns_series_from_a_live_loop() {
     }
 
     // The trainer: a short PPO-Lag run, a score model, and a round that promotes a challenger.
-    let out = tmp.join("ppo");
-    train_ok(&[
+    let (ok, _, err) = rule_ppo(
         "ppo-lag",
-        "--actor",
-        path_str(&model),
-        "--reward-model",
-        "token-fraction:4:256:10",
-        "--cost-model",
-        "token-fraction:4:130:10:-2",
-        "--prompts",
-        path_str(&data_file("pku_saferlhf_train.jsonl")),
-        "--out",
-        path_str(&out),
-        "--max-steps",
-        if pictures.is_some() { "120" } else { "2" },
-        "--prompt-batch-size",
-        if pictures.is_some() { "64" } else { "4" },
-        "--max-new-tokens",
-        if pictures.is_some() { "32" } else { "6" },
-        "--ignore-eos",
-        "--epochs",
-        "1000",
-        "--pushgateway",
-        &gw.url,
-    ]);
+        &tmp.join("ppo"),
+        &[
+            "--max-steps",
+            if pictures.is_some() { "120" } else { "2" },
+            "--prompt-batch-size",
+            if pictures.is_some() { "64" } else { "4" },
+            "--max-new-tokens",
+            if pictures.is_some() { "32" } else { "6" },
+            "--ignore-eos",
+            "--epochs",
+            "1000",
+            "--pushgateway",
+            &gw.url,
+        ],
+    );
+    assert!(ok, "ppo-lag: {err}");
     let pairs = tmp.join("pairs.jsonl");
     jsonl_head(&data_file("pku_saferlhf_dev.jsonl"), 8, &pairs);
-    train_ok(&[
+    train_json(&[
         "train-score",
         "--model",
         path_str(&golden_dir("llama-gqa")),
@@ -199,7 +153,22 @@ fn every_dashboard_query_and_alert_signal_returns_series_from_a_live_loop() {
         &gw.url,
     ]);
     let config = tmp.join("round.toml");
-    write_round_config(&config, &reg, &log, &state);
+    // A gate that any challenger passes: this test is about what the round reports, not its verdict.
+    write_round_config(
+        &config,
+        [&reg, &log, &state, &state.join("annotations")],
+        &format!(
+            r#"reward-model = "{RULE_REWARD}"
+cost-model = "{RULE_COST}"
+eval-limit = 8
+min-new-records = 8
+max-new-tokens = 8
+ignore-eos = true
+prompt-batch-size = 8
+max-steps = 2
+{ANY_CHALLENGER_PASSES}"#
+        ),
+    );
     let summary = train_json(&[
         "round",
         "--config",
@@ -211,23 +180,7 @@ fn every_dashboard_query_and_alert_signal_returns_series_from_a_live_loop() {
     let v1 = summary["challenger"].as_str().unwrap().to_string();
 
     // The server swaps to it; traffic continues on the new version.
-    let t = Instant::now();
-    loop {
-        let m: Value = http
-            .get(server.url("/v1/models"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if m["data"][0]["version"] == json!(v1) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no swap to {v1}: {m}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_for_version(&v1);
     for (i, t) in texts.iter().take(6).enumerate() {
         chat(
             &http,

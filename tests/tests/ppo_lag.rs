@@ -7,45 +7,36 @@
 //! mid-run (~1.5–1.9) and ending near 0.3; plain PPO reward 4.9 → 9.9 with cost +0.35 → +7.6. The assertions keep
 //! wide margins around those.
 
-use safeloop_tests::{data_file, fresh_tmp, golden_dir, path_str, run_train};
+use safeloop_tests::{fresh_tmp, rule_ppo};
 use serde_json::Value;
 use std::path::PathBuf;
 
 fn run(algo: &str, seed: u64) -> Vec<Value> {
     let out = fresh_tmp(&format!("{algo}-{seed}"));
-    let prompts = data_file("pku_saferlhf_train.jsonl");
-    let actor = golden_dir("llama-gqa");
     let seed_s = seed.to_string();
-    let (ok, stdout, stderr) = run_train(&[
+    let (ok, stdout, stderr) = rule_ppo(
         algo,
-        "--actor",
-        path_str(&actor),
-        "--reward-model",
-        "token-fraction:4:256:10",
-        "--cost-model",
-        "token-fraction:4:130:10:-2",
-        "--prompts",
-        path_str(&prompts),
-        "--out",
-        path_str(&out),
-        "--epochs",
-        "100",
-        "--max-steps",
-        "40",
-        "--prompt-batch-size",
-        "64",
-        "--max-new-tokens",
-        "16",
-        "--ignore-eos",
-        "--actor-lr",
-        "5e-3",
-        "--lr-scheduler",
-        "constant",
-        "--critic-lr",
-        "1e-2",
-        "--seed",
-        &seed_s,
-    ]);
+        &out,
+        &[
+            "--epochs",
+            "100",
+            "--max-steps",
+            "40",
+            "--prompt-batch-size",
+            "64",
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--actor-lr",
+            "5e-3",
+            "--lr-scheduler",
+            "constant",
+            "--critic-lr",
+            "1e-2",
+            "--seed",
+            &seed_s,
+        ],
+    );
     assert!(ok, "{algo} seed {seed}: {stderr}");
     let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(PathBuf::from(summary["policy"].as_str().unwrap())

@@ -11,7 +11,7 @@
 use safeloop_shared::trajlog::{Cursor, LogReader};
 use safeloop_tests::{
     bin, copy_golden, data_file, distinct_prompts, fresh_tmp, path_str, tiny_champion, train_json,
-    Server,
+    write_round_config, Server, ANY_CHALLENGER_PASSES, RULE_COST, RULE_REWARD,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -21,16 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const REWARD: &str = "token-fraction:4:256:10";
-const COST_LO: u32 = 4;
-const COST_HI: u32 = 130;
+/// The ids `RULE_COST` counts.
+const COST_IDS: std::ops::Range<u32> = 4..130;
 
 /// The rule cost of a response (the round's cost model).
 fn rule_cost(ids: &[u32]) -> f64 {
-    let n = ids
-        .iter()
-        .filter(|&&t| (COST_LO..COST_HI).contains(&t))
-        .count();
+    let n = ids.iter().filter(|&&t| COST_IDS.contains(&t)).count();
     10.0 * n as f64 / ids.len().max(1) as f64 - 2.0
 }
 
@@ -165,17 +161,12 @@ fn write_config(
     annotations: &Path,
     extra: &str,
 ) {
-    let eval = data_file("pku_saferlhf_dev.jsonl");
-    std::fs::write(
+    write_round_config(
         path,
-        format!(
-            r#"policy = "{reg}/tiny"
-reward-model = "{REWARD}"
-cost-model = "token-fraction:{COST_LO}:{COST_HI}:10:-2"
-log-dir = "{log}"
-state-dir = "{state}"
-annotations = "{annotations}"
-eval-prompts = ["{eval}"]
+        [reg, log, state, annotations],
+        &format!(
+            r#"reward-model = "{RULE_REWARD}"
+cost-model = "{RULE_COST}"
 eval-limit = 24
 min-new-records = 16
 max-new-tokens = 16
@@ -186,16 +177,9 @@ actor-lr = 5e-3
 lr-scheduler = "constant"
 critic-lr = 1e-2
 save-every = 1
-{extra}
-"#,
-            reg = path_str(reg),
-            log = path_str(log),
-            state = path_str(state),
-            annotations = path_str(annotations),
-            eval = path_str(&eval),
+{extra}"#
         ),
-    )
-    .unwrap();
+    );
 }
 
 fn champion(reg: &Path) -> String {
@@ -341,24 +325,7 @@ fn a_round_on_served_logs_promotes_a_safer_policy_that_the_server_swaps_in() {
     );
 
     // The server swaps to the challenger.
-    let http = reqwest::blocking::Client::new();
-    let t = Instant::now();
-    loop {
-        let m: Value = http
-            .get(server.url("/v1/models"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if m["data"][0]["version"] == json!(v1) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no swap to {v1}: {m}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_for_version(&v1);
     let after_swap = traffic.sent.load(Ordering::Relaxed);
     traffic.wait_for(after_swap + 150);
 
@@ -616,37 +583,23 @@ fn a_round_exports_pairs_imports_labels_and_retrains_the_cost_model() {
     let held_out = tmp.join("held-out.jsonl");
     safeloop_tests::jsonl_head(&data_file("pku_safety_pairs_dev.jsonl"), 32, &held_out);
     let config = tmp.join("round.toml");
-    std::fs::write(
+    write_round_config(
         &config,
-        format!(
-            r#"policy = "{reg}/tiny"
-reward-model = "{REWARD}"
+        [&reg, &log, &state, &annotations],
+        &format!(
+            r#"reward-model = "{RULE_REWARD}"
 cost-model = "registry:{reg}/cost"
-log-dir = "{log}"
-state-dir = "{state}"
-annotations = "{annotations}"
 score-eval = ["{held_out}"]
 score-train-args = "--epochs 1 --batch-size 8 --max-length 128 --lr 1e-3"
-eval-prompts = ["{eval}"]
 eval-limit = 8
 max-new-tokens = 8
 prompt-batch-size = 8
 max-steps = 2
-gate-cost-target = 1000
-gate-reward-tolerance = 1000
-gate-harmful-tolerance = 1
-gate-min-length-ratio = 0
-gate-min-distinct-ratio = 0
-"#,
+{ANY_CHALLENGER_PASSES}"#,
             reg = path_str(&reg),
-            log = path_str(&log),
-            state = path_str(&state),
-            annotations = path_str(&annotations),
             held_out = path_str(&held_out),
-            eval = path_str(&data_file("pku_saferlhf_dev.jsonl")),
         ),
-    )
-    .unwrap();
+    );
     let (code, s, err) = round(&config, &[]);
     assert_eq!(code, 0, "{err}\n{s}");
     let a = &s["annotate"];

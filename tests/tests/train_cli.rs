@@ -2,7 +2,7 @@
 
 use safeloop_tests::{
     bin, data_file as data, fresh_tmp as tmp, golden_dir, jsonl_head as head, path_str as s,
-    run_train as train, Server,
+    rule_ppo, run_train as train, Server, RULE_REWARD,
 };
 use serde_json::Value;
 use std::process::Command;
@@ -349,7 +349,7 @@ fn sweep_trains_shaping_and_ppo_lag_and_plots_them_together() {
         "--actor",
         s(&golden_dir("llama-gqa")),
         "--reward-model",
-        "token-fraction:4:256:10",
+        RULE_REWARD,
         "--prompts",
         s(&data("pku_saferlhf_train.jsonl")),
         "--out",
@@ -362,31 +362,24 @@ fn sweep_trains_shaping_and_ppo_lag_and_plots_them_together() {
         "{err}"
     );
     assert!(!dir.join("registry").exists());
-    let (ok, stdout, err) = train(&[
+    let (ok, stdout, err) = rule_ppo(
         "sweep",
-        "--actor",
-        s(&golden_dir("llama-gqa")),
-        "--reward-model",
-        "token-fraction:4:256:10",
-        "--cost-model",
-        "token-fraction:4:130:10:-2",
-        "--prompts",
-        s(&data("pku_saferlhf_train.jsonl")),
-        "--out",
-        s(&dir),
-        "--max-steps",
-        "2",
-        "--prompt-batch-size",
-        "8",
-        "--max-new-tokens",
-        "6",
-        "--ignore-eos",
-        "--nus",
-        "0.5",
-        "5",
-        "--eval-limit",
-        "8",
-    ]);
+        &dir,
+        &[
+            "--max-steps",
+            "2",
+            "--prompt-batch-size",
+            "8",
+            "--max-new-tokens",
+            "6",
+            "--ignore-eos",
+            "--nus",
+            "0.5",
+            "5",
+            "--eval-limit",
+            "8",
+        ],
+    );
     assert!(ok, "sweep failed: {err}");
     let r: Value = serde_json::from_str(stdout.trim()).unwrap();
     let names: Vec<&str> = r["policies"]
@@ -422,23 +415,10 @@ fn sweep_trains_shaping_and_ppo_lag_and_plots_them_together() {
 #[test]
 fn ppo_lag_resumes_from_its_checkpoint() {
     let dir = tmp("ppo-resume");
-    let actor = golden_dir("llama-gqa");
-    let prompts = data("pku_saferlhf_train.jsonl");
-    let args = |iters: &'static str| -> Vec<String> {
-        [
-            "ppo-lag",
-            "--actor",
-            s(&actor),
-            "--reward-model",
-            "token-fraction:4:256:10",
-            "--cost-model",
-            "token-fraction:4:130:10:-2",
-            "--prompts",
-            s(&prompts),
-            "--out",
-            s(&dir),
+    let run = |steps: &str, resume: &[&str]| {
+        let mut a = vec![
             "--max-steps",
-            iters,
+            steps,
             "--prompt-batch-size",
             "8",
             "--max-new-tokens",
@@ -451,17 +431,13 @@ fn ppo_lag_resumes_from_its_checkpoint() {
             "-3",
             "--lambda-max",
             "0",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
+        ];
+        a.extend_from_slice(resume);
+        rule_ppo("ppo-lag", &dir, &a)
     };
-    let a = args("2");
-    let (ok, _, err) = train(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, err) = run("2", &[]);
     assert!(ok, "{err}");
-    let mut b = args("4");
-    b.push("--resume".into());
-    let (ok, stdout, err) = train(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, stdout, err) = run("4", &["--resume"]);
     assert!(ok, "{err}");
     assert!(
         err.contains("resuming from") && err.contains("at step 2"),
@@ -493,38 +469,44 @@ fn ppo_lag_pushes_its_step_metrics_to_a_real_pushgateway() {
     use safeloop_tests::{sample, Pushgateway};
     let gw = Pushgateway::start();
     let dir = tmp("ppo-push");
-    let actor = golden_dir("llama-gqa");
-    let prompts = data("pku_saferlhf_train.jsonl");
     let run = |url: &str, out: &std::path::Path| {
-        train(&[
+        rule_ppo(
             "ppo-lag",
-            "--actor",
-            s(&actor),
-            "--reward-model",
-            "token-fraction:4:256:10",
-            "--cost-model",
-            "token-fraction:4:130:10:-2",
-            "--prompts",
-            s(&prompts),
-            "--out",
-            s(out),
-            "--max-steps",
-            "3",
-            "--prompt-batch-size",
-            "8",
-            "--max-new-tokens",
-            "6",
-            "--ignore-eos",
-            "--pushgateway",
-            url,
-            "--job",
-            "ci-ppo",
-        ])
+            out,
+            &[
+                "--max-steps",
+                "3",
+                "--prompt-batch-size",
+                "8",
+                "--max-new-tokens",
+                "6",
+                "--ignore-eos",
+                "--pushgateway",
+                url,
+                "--job",
+                "ci-ppo",
+            ],
+        )
     };
+    // A previous run's figure in the group: the run's first push replaces the group, so it goes.
+    reqwest::blocking::Client::new()
+        .put(format!("{}/metrics/job/ci-ppo/command/ppo-lag", gw.url))
+        .body("safeloop_train_leftover 1\n")
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap();
     let (ok, _, err) = run(&gw.url, &dir.join("a"));
     assert!(ok, "{err}");
     let text = gw.metrics();
     let labels = [("job", "ci-ppo"), ("command", "ppo-lag")];
+    assert_eq!(
+        sample(&text, "safeloop_train_leftover", &labels),
+        None,
+        "{text}"
+    );
+    // Later pushes (the end's `running 0`) keep the step figures.
+    assert_eq!(sample(&text, "safeloop_train_running", &labels), Some(0.0));
     assert_eq!(
         sample(&text, "safeloop_train_step", &labels),
         Some(3.0),
