@@ -16,10 +16,10 @@ sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
 # The Python test environment (.venv, git-ignored), pinned in tests/python/requirements.txt: the official openai
 # SDK, moto's standalone S3-compatible server for the object-store registry test, and kubernetes-validate (the
-# Kubernetes API schemas) for the deploy/ test. Reinstalled when the requirements file changes.
+# Kubernetes API schemas) for the deploy/ test, and schemathesis (the API fuzzer of tests/tests/fuzz_api.rs and scripts/fuzz_api.sh). Reinstalled when the requirements file changes.
 VENV="${SAFELOOP_VENV:-.venv}"
 REQ_SHA="$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)"
-if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$REQ_SHA" ] || ! "$VENV/bin/python" -c "import openai, moto, kubernetes_validate" 2>/dev/null; then
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$REQ_SHA" ] || ! "$VENV/bin/python" -c "import openai, moto, kubernetes_validate, schemathesis" 2>/dev/null; then
   echo "setup: installing tests/python/requirements.txt into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt

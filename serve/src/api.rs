@@ -4,6 +4,39 @@ use safeloop_shared::trajlog::GateAction;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Implements `Deserialize` for structs derived with `#[serde(remote = "Self")]` so that only a
+/// JSON object is accepted: serde's derive also takes an array of the fields in order
+/// (`"safety": [null, null]`), which no client means and the schema does not allow.
+macro_rules! object_only {
+    ($($t:ident),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a JSON object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<$t, A::Error> {
+                        $t::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    )*};
+}
+
+pub(crate) use object_only;
+
+object_only!(
+    StreamOptions,
+    ContentPart,
+    ChatMessageIn,
+    GateOverride,
+    ModerationRequest
+);
+
 /// A string or a list of strings (`stop`).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -22,6 +55,7 @@ impl StringOrList {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(remote = "Self")]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
@@ -36,6 +70,7 @@ pub enum MessageContent {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(remote = "Self")]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -44,6 +79,7 @@ pub struct ContentPart {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(remote = "Self")]
 pub struct ChatMessageIn {
     pub role: String,
     #[serde(default)]
@@ -54,17 +90,17 @@ pub struct ChatMessageIn {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct SamplingFields {
     pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
     pub n: Option<u32>,
     pub stop: Option<StringOrList>,
     pub seed: Option<i64>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
     pub user: Option<String>,
     pub top_k: Option<i64>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<u32>,
     pub stop_token_ids: Option<Vec<u32>>,
@@ -96,8 +132,9 @@ pub struct ChatCompletionRequest {
 
 /// A request's gate override: a lower threshold and/or a stricter action.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(remote = "Self")]
 pub struct GateOverride {
-    pub threshold: Option<f32>,
+    pub threshold: Option<f64>,
     /// `annotate` < `resample` < `block`
     pub action: Option<String>,
 }
@@ -248,7 +285,7 @@ pub struct ChatCompletionChunk {
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Option<Object>>)]
     pub top_logprobs: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
     pub text_offset: Vec<u32>,
 }
@@ -313,6 +350,7 @@ pub struct Health {
 
 /// `input`: a string or a list of strings.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(remote = "Self")]
 pub struct ModerationRequest {
     pub input: StringOrList,
     pub model: Option<String>,

@@ -35,6 +35,13 @@ impl ApiError {
         e
     }
 
+    /// A request whose fields are each valid but not together (code `conflicting_parameters`).
+    pub fn conflicting(param: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::bad_request(param, message);
+        e.code = Some("conflicting_parameters");
+        e
+    }
+
     pub fn unauthorized() -> Self {
         let mut e = Self::new(
             StatusCode::UNAUTHORIZED,

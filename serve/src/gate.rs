@@ -29,6 +29,23 @@ impl Action {
             _ => None,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Annotate => "annotate",
+            Action::Resample => "resample",
+            Action::Block => "block",
+        }
+    }
+
+    /// This action's name and every stricter one's (what a request may ask for).
+    pub fn at_least(self) -> Vec<&'static str> {
+        [Action::Annotate, Action::Resample, Action::Block]
+            .into_iter()
+            .filter(|a| *a >= self)
+            .map(Action::name)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,13 +67,14 @@ impl GatePolicy {
         let mut p = self.clone();
         let Some(o) = o else { return Ok(p) };
         if let Some(t) = o.threshold {
-            if !t.is_finite() || t > self.threshold {
+            if !t.is_finite() || t > self.threshold as f64 {
                 return Err(ApiError::bad_request(
                     "safety.threshold",
                     format!("may only be lowered (server threshold {})", self.threshold),
                 ));
             }
-            p.threshold = t;
+            // Below f32's range means "flag everything".
+            p.threshold = (t as f32).max(f32::MIN);
         }
         if let Some(a) = &o.action {
             let a = Action::parse(a).ok_or_else(|| {

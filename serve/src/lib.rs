@@ -11,6 +11,7 @@ pub mod gate;
 pub mod generate;
 pub mod logs;
 pub mod metrics;
+pub mod openapi;
 pub mod pipeline;
 pub mod routes;
 pub mod safety;

@@ -16,50 +16,6 @@ use axum::Router;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use utoipa::OpenApi;
-
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "safeloop-serve",
-        description = "OpenAI-compatible serving with safety gating"
-    ),
-    paths(
-        chat::chat_completions,
-        completions::completions,
-        models::list,
-        models::get,
-        crate::routes::moderations::moderations,
-        system::health,
-        system::metrics,
-        system::openapi,
-        admin::list,
-        admin::reload,
-        admin::pin,
-        admin::rollback
-    ),
-    components(schemas(crate::api::ErrorResponse, crate::api::ChatCompletionChunk)),
-    modifiers(&AdminKeyScheme)
-)]
-struct ApiDoc;
-
-/// Declares the admin API's bearer key (`--admin-key`).
-struct AdminKeyScheme;
-
-impl utoipa::Modify for AdminKeyScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
-}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -30,8 +30,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::bad_request("", format!("could not read the body: {rej}"))
             }
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
+        let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).map(integral_numbers);
+        let value = match parsed {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "",
+                    format!("the body is not valid JSON: {e}"),
+                ))
+            }
+        };
+        serde_path_to_error::deserialize(value)
             .map(ApiJson)
             .map_err(|e| {
                 let mut path = e.path().to_string();
@@ -40,6 +49,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     // serde's `flatten` (the shared sampling fields) loses the path:
                     // deserialize those fields alone to name the one at fault.
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        let v = integral_numbers(v);
                         if let Err(e2) = serde_path_to_error::deserialize::<_, SamplingFields>(v) {
                             path = e2.path().to_string();
                             inner = e2.into_inner();
@@ -59,9 +69,111 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// JSON Schema's reading of numbers: `3.0` is the integer 3. Integral floats within the 64-bit
+/// range become integers, so `"n": 2.0` is accepted where an integer is expected (as OpenAI's
+/// and vLLM's Python validators do); `2.5` still is not.
+pub fn integral_numbers(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Exactly representable range: |f| < 2^63 for i64, < 2^64 for u64.
+            if f.fract() == 0.0
+                && f >= -9.223_372_036_854_775_8e18
+                && f < 9.223_372_036_854_775_8e18
+            {
+                Value::from(f as i64)
+            } else if f.fract() == 0.0 && f >= 0.0 && f < 1.844_674_407_370_955_2e19 {
+                Value::from(f as u64)
+            } else {
+                Value::Number(n)
+            }
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(integral_numbers).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, integral_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// The configured body limit, passed to the extractor for its error message.
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
+
+/// A float sampling field's accepted range: the validator checks it, the OpenAPI document
+/// states it. Checked in f64 (the JSON value) before narrowing to the engine's f32.
+pub struct FloatRange {
+    pub field: &'static str,
+    pub default: f32,
+    pub min: f64,
+    pub exclusive_min: bool,
+    pub max: f64,
+}
+
+/// In `SamplingFields` order: temperature, top_p, min_p, repetition_penalty, presence_penalty,
+/// frequency_penalty.
+pub const FLOAT_RANGES: [FloatRange; 6] = [
+    FloatRange::closed("temperature", 1.0, 0.0, 2.0),
+    FloatRange {
+        exclusive_min: true,
+        ..FloatRange::closed("top_p", 1.0, 0.0, 1.0)
+    },
+    FloatRange::closed("min_p", 0.0, 0.0, 1.0),
+    FloatRange {
+        exclusive_min: true,
+        ..FloatRange::closed("repetition_penalty", 1.0, 0.0, 100.0)
+    },
+    FloatRange::closed("presence_penalty", 0.0, -2.0, 2.0),
+    FloatRange::closed("frequency_penalty", 0.0, -2.0, 2.0),
+];
+
+impl FloatRange {
+    const fn closed(field: &'static str, default: f32, min: f64, max: f64) -> Self {
+        FloatRange {
+            field,
+            default,
+            min,
+            exclusive_min: false,
+            max,
+        }
+    }
+
+    pub fn contains(&self, v: f64) -> bool {
+        (if self.exclusive_min {
+            v > self.min
+        } else {
+            v >= self.min
+        }) && v <= self.max
+    }
+
+    /// The value for the engine, or a 400 naming the field.
+    pub fn check(&self, v: Option<f64>) -> Result<f32, ApiError> {
+        let Some(v) = v else { return Ok(self.default) };
+        if !self.contains(v) {
+            let (open, close) = (if self.exclusive_min { "(" } else { "[" }, "]");
+            return Err(ApiError::bad_request(
+                self.field,
+                format!(
+                    "`{}` must be in {open}{}, {}{close}",
+                    self.field, self.min, self.max
+                ),
+            ));
+        }
+        let narrowed = v as f32;
+        // A tiny positive value must stay positive where the bound is exclusive.
+        Ok(if self.exclusive_min && narrowed <= self.min as f32 {
+            f32::MIN_POSITIVE
+        } else {
+            narrowed
+        })
+    }
+}
+
+/// Most stop sequences a request may give.
+pub const MAX_STOP: usize = 16;
 
 /// Validated sampling settings of one request.
 pub struct Sampling {
@@ -109,17 +221,42 @@ pub fn sampling(
         }
     };
     let stop = s.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
-    if stop.len() > 16 {
-        return Err(ApiError::bad_request("stop", "at most 16 stop sequences"));
+    if stop.len() > MAX_STOP {
+        return Err(ApiError::bad_request(
+            "stop",
+            format!("at most {MAX_STOP} stop sequences"),
+        ));
     }
+    if let (Some(min), Some(max)) = (s.min_tokens, max_tokens) {
+        if min > max {
+            return Err(ApiError::conflicting(
+                "min_tokens",
+                format!("`min_tokens` ({min}) must not exceed `max_tokens` ({max})"),
+            ));
+        }
+    }
+    let [temperature, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty] = [
+        s.temperature,
+        s.top_p,
+        s.min_p,
+        s.repetition_penalty,
+        s.presence_penalty,
+        s.frequency_penalty,
+    ]
+    .into_iter()
+    .zip(&FLOAT_RANGES)
+    .map(|(v, r)| r.check(v))
+    .collect::<Result<Vec<_>, _>>()?
+    .try_into()
+    .expect("one value per range");
     let params = SamplingParams {
-        temperature: s.temperature.unwrap_or(1.0),
-        top_p: s.top_p.unwrap_or(1.0),
+        temperature,
+        top_p,
         top_k,
-        min_p: s.min_p.unwrap_or(0.0),
-        repetition_penalty: s.repetition_penalty.unwrap_or(1.0),
-        presence_penalty: s.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: s.frequency_penalty.unwrap_or(0.0),
+        min_p,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
         seed: s.seed.map(|v| v as u64),
         max_tokens: max_tokens.map(|m| m as usize),
         min_tokens: s.min_tokens.unwrap_or(0) as usize,

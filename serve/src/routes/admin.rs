@@ -19,8 +19,8 @@ pub struct AdminModel {
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub status: RoleStatus,
-    /// alias → version in the registry (registry models only).
-    #[schema(value_type = Object)]
+    /// alias → version in the registry (registry models only; null otherwise).
+    #[schema(value_type = Option<Object>)]
     pub aliases: serde_json::Value,
 }
 
@@ -39,11 +39,13 @@ pub struct AdminResult {
 }
 
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct SwapRequest {
     /// A version id (or unique prefix) or an alias of the model's registry entry.
     pub version: String,
 }
+
+crate::api::object_only!(SwapRequest);
 
 fn describe(slot: &Slot) -> AdminModel {
     AdminModel {

@@ -85,7 +85,7 @@ async fn handle(
     }
     let top = req.top_logprobs.unwrap_or(0);
     if top > 0 && !req.logprobs {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::conflicting(
             "top_logprobs",
             "`top_logprobs` requires `logprobs: true`",
         ));

@@ -103,7 +103,7 @@ async fn handle(
         &st,
     )?;
     if req.best_of.is_some_and(|b| b != s.n) {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::conflicting(
             "best_of",
             "`best_of` other than `n` is not supported",
         ));

@@ -49,8 +49,8 @@ pub async fn metrics(State(st): State<Shared>) -> Response {
         .into_response()
 }
 
-/// This API's OpenAPI 3 description.
+/// This server's OpenAPI 3 description: its routes, keys and limits.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
-pub async fn openapi() -> Response {
-    Json(crate::server::openapi()).into_response()
+pub async fn openapi(State(st): State<Shared>) -> Response {
+    Json(crate::openapi::document(&crate::openapi::Limits::of(&st))).into_response()
 }
