@@ -8,6 +8,31 @@ pub mod dashboards;
 mod prometheus;
 pub use prometheus::{free_port, sample, Prometheus, Pushgateway};
 
+/// Proptest settings for CI: `cases` cases (`SAFELOOP_PROPTEST_CASES` overrides) from a seed
+/// (`SAFELOOP_PROPTEST_SEED`, else the clock) that is printed — shown when a test fails — so
+/// the failing run can be replayed exactly. No regression files are written.
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let seed = std::env::var("SAFELOOP_PROPTEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+    let cases = std::env::var("SAFELOOP_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(cases);
+    eprintln!("proptest: {cases} cases, seed {seed} (replay with SAFELOOP_PROPTEST_SEED={seed})");
+    proptest::test_runner::Config {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Default::default()
+    }
+}
+
 /// The golden fixtures (`../shared/golden`, or `$SAFELOOP_GOLDEN`).
 pub fn golden_dir(name: &str) -> PathBuf {
     let root = std::env::var_os("SAFELOOP_GOLDEN")

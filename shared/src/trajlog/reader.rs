@@ -44,20 +44,34 @@ impl LogReader {
             } else {
                 0
             };
-            let (payloads, end) = match segment::read_from(&path, start) {
+            // A sealed segment is complete: skip corrupt stretches. The open one stops at its
+            // first torn frame, which the writer may still be completing.
+            let scan = match segment::scan(&path, start, state == State::Sealed) {
                 Ok(r) => r,
                 // Sealed (renamed) between listing and reading: read it under its new name.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && state == State::Open => {
-                    segment::read_from(&self.dir.join(segment::name(seq, State::Sealed)), start)?
+                    segment::scan(&self.dir.join(segment::name(seq, State::Sealed)), start, true)?
                 }
                 Err(e) => return Err(e),
             };
-            for p in payloads {
-                out.push(parse(&p)?);
+            if scan.skipped > 0 {
+                tracing::warn!(
+                    segment = seq,
+                    bytes = scan.skipped,
+                    "trajectory log: skipped a corrupt stretch"
+                );
+            }
+            for f in scan.frames {
+                match parse(&f.payload) {
+                    Ok(r) => out.push(r),
+                    // A frame found past corruption whose CRC matched by chance.
+                    Err(_) if f.resynced => {}
+                    Err(e) => return Err(e),
+                }
             }
             cur = Cursor {
                 segment: seq,
-                offset: end,
+                offset: scan.end,
             };
         }
         Ok((out, cur))

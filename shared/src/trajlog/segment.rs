@@ -1,7 +1,7 @@
 //! Segment files: names, framing, scanning and recovery.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 pub const HEADER: usize = 8;
@@ -51,56 +51,110 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     buf
 }
 
-/// Reads the frame at the reader's position: `Ok(None)` at a clean end of file or at a torn
-/// or corrupt frame (the caller stops there).
-pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
-    let mut head = [0u8; HEADER];
-    match read_full(r, &mut head)? {
-        0 => return Ok(None),
-        n if n < HEADER => return Ok(None),
-        _ => {}
-    }
+/// The payload of an intact frame starting at `pos`: the header fits, the length is within
+/// `MAX_RECORD` and within the bytes present, and the CRC matches. Nothing is allocated from
+/// the header's length field.
+fn frame_at(buf: &[u8], pos: usize) -> Option<&[u8]> {
+    let head = buf.get(pos..pos.checked_add(HEADER)?)?;
     let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
     if len > MAX_RECORD {
-        return Ok(None);
+        return None;
     }
-    let mut payload = vec![0u8; len];
-    if read_full(r, &mut payload)? < len || crc32c::crc32c(&payload) != crc {
-        return Ok(None);
-    }
-    Ok(Some(payload))
+    let payload = buf.get(pos + HEADER..(pos + HEADER).checked_add(len)?)?;
+    (crc32c::crc32c(payload) == crc).then_some(payload)
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// A frame found past a corrupt stretch must also look like a record (a JSON object), so
+/// the resynchronising search rarely computes a CRC over garbage.
+fn plausible_at(buf: &[u8], pos: usize) -> Option<&[u8]> {
+    let len_end = pos.checked_add(4)?;
+    let len = u32::from_le_bytes(buf.get(pos..len_end)?.try_into().ok()?) as usize;
+    let start = pos + HEADER;
+    let last = start.checked_add(len)?.checked_sub(1)?;
+    if len < 2 || buf.get(start) != Some(&b'{') || buf.get(last) != Some(&b'}') {
+        return None;
+    }
+    frame_at(buf, pos)
+}
+
+/// One intact frame found by a scan.
+pub struct Found {
+    pub payload: Vec<u8>,
+    /// Offset of the byte after it.
+    pub end: u64,
+    /// Found by resynchronising after a corrupt stretch (not right after the previous frame).
+    pub resynced: bool,
+}
+
+/// What a scan of a segment found.
+pub struct Scan {
+    pub frames: Vec<Found>,
+    /// Where the next read continues: in a stopping scan, the end of the last intact frame of
+    /// the unbroken run; in a resynchronising one, the end of the data. Never before `offset`.
+    pub end: u64,
+    /// Bytes skipped as corrupt.
+    pub skipped: u64,
+}
+
+/// Frames of `bytes` (a segment's contents) from `offset`. A stopping scan (`resync` false:
+/// the open segment, whose tail the writer may still be completing) ends at the first torn or
+/// corrupt frame. A resynchronising scan (sealed segments, crash recovery) skips a corrupt
+/// stretch and continues at the next offset where a whole record frame with a matching CRC
+/// starts, so every intact record is recovered.
+pub fn scan_bytes(bytes: &[u8], offset: u64, resync: bool) -> Scan {
+    let mut out = Scan {
+        frames: Vec::new(),
+        end: offset,
+        skipped: 0,
+    };
+    let Ok(mut pos) = usize::try_from(offset) else {
+        return out;
+    };
+    let mut resynced = false;
+    while pos < bytes.len() {
+        let found = if resynced {
+            plausible_at(bytes, pos)
+        } else {
+            frame_at(bytes, pos)
+        };
+        match found {
+            Some(p) => {
+                let end = pos + HEADER + p.len();
+                out.frames.push(Found {
+                    payload: p.to_vec(),
+                    end: end as u64,
+                    resynced,
+                });
+                resynced = false;
+                pos = end;
+                out.end = end as u64;
+            }
+            None if !resync => break,
+            None => {
+                resynced = true;
+                out.skipped += 1;
+                pos += 1;
+            }
         }
     }
-    Ok(n)
-}
-
-/// Byte length of the intact prefix of a segment (every frame up to the first torn or
-/// corrupt one) and the number of records in it.
-pub fn valid_prefix(path: &Path) -> io::Result<(u64, u64)> {
-    let mut f = std::io::BufReader::new(File::open(path)?);
-    let (mut end, mut count) = (0u64, 0u64);
-    while let Some(p) = read_frame(&mut f)? {
-        end += (HEADER + p.len()) as u64;
-        count += 1;
+    if resync {
+        out.end = out.end.max(bytes.len() as u64);
     }
-    Ok((end, count))
+    out
 }
 
-/// Truncates a crashed `.open` segment after its last intact record, fsyncs it and seals it
-/// (atomic rename). Returns the number of bytes dropped.
+/// `scan_bytes` over a file.
+pub fn scan(path: &Path, offset: u64, resync: bool) -> io::Result<Scan> {
+    let bytes = std::fs::read(path)?;
+    Ok(scan_bytes(&bytes, offset, resync))
+}
+
+/// Truncates a crashed `.open` segment after its last intact record (intact records past a
+/// corrupt stretch are kept; the reader skips the stretch), fsyncs it and seals it (atomic
+/// rename). Returns the number of bytes dropped.
 pub fn recover(dir: &Path, seq: u64, path: &Path) -> io::Result<u64> {
-    let (end, _) = valid_prefix(path)?;
+    let end = scan(path, 0, true)?.frames.last().map_or(0, |f| f.end);
     let f = OpenOptions::new().write(true).open(path)?;
     let len = f.metadata()?.len();
     if len > end {
@@ -129,21 +183,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
-}
-
-/// Seeks `f` to `offset` and reads frames until the end; returns the payloads and the offset
-/// after the last intact frame.
-pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<Vec<u8>>, u64)> {
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut r = std::io::BufReader::new(f);
-    let mut out = Vec::new();
-    let mut pos = offset;
-    while let Some(p) = read_frame(&mut r)? {
-        pos += (HEADER + p.len()) as u64;
-        out.push(p);
-    }
-    Ok((out, pos))
 }
 
 pub fn write_all(f: &mut File, buf: &[u8]) -> io::Result<()> {
