@@ -169,10 +169,20 @@ pub struct GgufWeights {
 impl GgufWeights {
     pub fn open(path: &Path, device: &Device) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| Error::Gguf {
+        // candle's parser bounds every length by the file size, but a few malformed headers
+        // still panic inside it (e.g. `general.alignment` = 0 divides by zero): a damaged
+        // file must be an error naming it, never a crash of the server that follows a registry.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gguf_file::Content::read(&mut file)
+        }));
+        let gguf_error = |msg: String| Error::Gguf {
             path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+            msg,
+        };
+        let content = match read {
+            Ok(r) => r.map_err(|e| gguf_error(e.to_string()))?,
+            Err(_) => return Err(gguf_error("malformed header (the parser gave up)".into())),
+        };
         Ok(Self {
             path: path.to_path_buf(),
             content,

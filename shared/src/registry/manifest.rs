@@ -140,6 +140,51 @@ pub fn model_files(src: &Path) -> Result<Vec<(String, PathBuf)>, RegistryError> 
     Ok(out)
 }
 
+/// Whether `s` can be a version id (hex digits: the content hash). Anything else — a path
+/// separator, `..` — never reaches a store key or a cache path.
+pub fn is_version_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A plain relative path inside a version: `/`-separated, no empty, `.` or `..` component,
+/// not absolute, no backslash or NUL.
+pub fn is_safe_relative_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.contains(['\\', '\0'])
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+impl Manifest {
+    /// A manifest read from a store is untrusted input: it must describe the version asked
+    /// for, and every file path must stay inside the version's directory.
+    pub fn check(&self, name: &str, version: &str) -> Result<(), String> {
+        if self.name != name || self.version != version {
+            return Err(format!(
+                "describes {}@{}, not {name}@{version}",
+                self.name, self.version
+            ));
+        }
+        if let Some(f) = self.files.iter().find(|f| !is_safe_relative_path(&f.path)) {
+            return Err(format!(
+                "file path `{}` is not a plain relative path",
+                f.path.escape_debug()
+            ));
+        }
+        if let Some(g) = &self.gguf {
+            if !self.files.iter().any(|f| &f.path == g) {
+                return Err(format!(
+                    "gguf `{}` is not one of its files",
+                    g.escape_debug()
+                ));
+            }
+        }
+        if version_id(&self.files) != self.version {
+            return Err("its files do not hash to its version id".into());
+        }
+        Ok(())
+    }
+}
+
 /// The version id of a set of files: the first 16 hex digits of the sha256 over each
 /// file's relative path, sha256 and size, in path order.
 pub fn version_id(files: &[FileEntry]) -> String {

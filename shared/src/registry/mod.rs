@@ -290,12 +290,20 @@ impl Registry {
     }
 
     fn manifest_opt(&self, name: &str, version: &str) -> Result<Option<Manifest>> {
+        if !manifest::is_version_id(version) {
+            return Ok(None);
+        }
         let key = Self::manifest_key(name, version);
+        let corrupt =
+            |e: String| RegistryError::Corrupt(format!("{key} in {}: {e}", self.describe()));
         match self.store.get(&key)? {
             None => Ok(None),
-            Some(t) => serde_json::from_slice(&t.data)
-                .map(Some)
-                .map_err(|e| RegistryError::Corrupt(format!("{key} in {}: {e}", self.describe()))),
+            Some(t) => {
+                let m: Manifest =
+                    serde_json::from_slice(&t.data).map_err(|e| corrupt(e.to_string()))?;
+                m.check(name, version).map_err(corrupt)?;
+                Ok(Some(m))
+            }
         }
     }
 

@@ -50,7 +50,11 @@ impl LogReader {
                 Ok(r) => r,
                 // Sealed (renamed) between listing and reading: read it under its new name.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && state == State::Open => {
-                    segment::scan(&self.dir.join(segment::name(seq, State::Sealed)), start, true)?
+                    segment::scan(
+                        &self.dir.join(segment::name(seq, State::Sealed)),
+                        start,
+                        true,
+                    )?
                 }
                 Err(e) => return Err(e),
             };
