@@ -40,33 +40,49 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ))
             }
         };
-        serde_path_to_error::deserialize(value)
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "",
+                "the request body must be a JSON object",
+            ));
+        }
+        serde_path_to_error::deserialize(value.clone())
             .map(ApiJson)
-            .map_err(|e| {
-                let mut path = e.path().to_string();
-                let mut inner = e.into_inner();
-                if path == "." && !inner.is_syntax() && !inner.is_eof() {
-                    // serde's `flatten` (the shared sampling fields) loses the path:
-                    // deserialize those fields alone to name the one at fault.
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                        let v = integral_numbers(v);
-                        if let Err(e2) = serde_path_to_error::deserialize::<_, SamplingFields>(v) {
-                            path = e2.path().to_string();
-                            inner = e2.into_inner();
-                        }
-                    }
-                }
-                let param = if path == "." { String::new() } else { path };
-                let msg = if inner.is_syntax() || inner.is_eof() {
-                    format!("the body is not valid JSON: {inner}")
-                } else if param.is_empty() {
-                    inner.to_string()
-                } else {
-                    format!("`{param}`: {inner}")
-                };
-                ApiError::bad_request(&param, msg)
-            })
+            .map_err(|e| field_error(e, &value))
     }
+}
+
+/// A deserialization error as a 400 naming the field at fault (`param`).
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>, body: &serde_json::Value) -> ApiError {
+    let mut path = e.path().to_string();
+    let mut inner = e.into_inner();
+    if path == "." {
+        // serde's `flatten` (the shared sampling fields) loses the path: deserialize those
+        // fields alone to name the one at fault.
+        if let Err(e2) = serde_path_to_error::deserialize::<_, SamplingFields>(body.clone()) {
+            path = e2.path().to_string();
+            inner = e2.into_inner();
+        }
+    }
+    let text = inner.to_string();
+    // "missing field `x`" is about a field below the path.
+    if let Some(field) = text
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        path = if path == "." {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+    }
+    let param = if path == "." { String::new() } else { path };
+    let msg = if param.is_empty() {
+        text
+    } else {
+        format!("`{param}`: {text}")
+    };
+    ApiError::bad_request(&param, msg)
 }
 
 /// JSON Schema's reading of numbers: `3.0` is the integer 3. Integral floats within the 64-bit
