@@ -37,6 +37,8 @@ pub struct EngineHandle {
     pub max_context: usize,
     /// Sequences submitted and not yet finished (queued + running).
     in_flight: Arc<AtomicUsize>,
+    /// Why the engine thread died (it panicked); `None` while it runs.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A submitted sequence: its update stream. Dropping it cancels the sequence.
@@ -61,16 +63,46 @@ impl EngineHandle {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let engine = Engine::new(model, tokenizer.clone(), cfg);
         let counter = in_flight.clone();
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let failed = failure.clone();
         std::thread::Builder::new()
             .name("safeloop-engine".into())
-            .spawn(move || run(engine, rx, metrics, counter))
+            .spawn(move || {
+                let mut live = HashMap::new();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(engine, rx, &mut live, metrics, counter)
+                }));
+                if let Err(p) = r {
+                    // The engine's state is unknown after a panic: fail what is in flight
+                    // (each request answers a 5xx error object) and stop. The server sees
+                    // `failure()` and exits non-zero so a supervisor restarts it.
+                    let why = format!(
+                        "the engine thread panicked: {}",
+                        crate::faults::panic_message(&*p)
+                    );
+                    tracing::error!("{why}");
+                    for (_, l) in live.drain() {
+                        let _ = l.events.send(SeqEvent::Failed(why.clone()));
+                    }
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                }
+            })
             .expect("spawn the engine thread");
         Self {
             tx,
             tokenizer,
             max_context,
             in_flight,
+            failure,
         }
+    }
+
+    /// Why the engine thread died, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -111,10 +143,10 @@ struct Live {
 fn run(
     mut engine: Engine<CausalLm>,
     mut rx: mpsc::UnboundedReceiver<Command>,
+    live: &mut HashMap<SeqId, Live>,
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,
 ) {
-    let mut live: HashMap<SeqId, Live> = HashMap::new();
     // Set when every handle is gone (this version was swapped out): finish the sequences
     // in flight (drain), then exit and free the weights.
     let mut drain_started: Option<Instant> = None;
@@ -153,7 +185,7 @@ fn run(
         // Take every pending command; sleep only when there is nothing to do.
         while drain_started.is_none() {
             match rx.try_recv() {
-                Ok(cmd) => handle(&mut engine, &mut live, cmd),
+                Ok(cmd) => handle(&mut engine, live, cmd),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     drain_started = Some(Instant::now());
@@ -166,18 +198,19 @@ fn run(
             }
             match rx.blocking_recv() {
                 Some(cmd) => {
-                    handle(&mut engine, &mut live, cmd);
+                    handle(&mut engine, live, cmd);
                     continue;
                 }
                 None => return drained(None),
             }
         }
         // Clients that went away: cancel before spending a step on them.
-        for (id, l) in &live {
+        for (id, l) in live.iter() {
             if l.events.is_closed() {
                 engine.cancel(*id);
             }
         }
+        crate::faults::hit("engine_step");
         let result = engine.step();
         for id in engine.take_admitted() {
             if let Some(l) = live.get(&id) {

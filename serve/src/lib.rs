@@ -7,6 +7,7 @@ pub mod choices;
 pub mod config;
 pub mod engine_task;
 pub mod error;
+pub mod faults;
 pub mod gate;
 pub mod generate;
 pub mod logs;

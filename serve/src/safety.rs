@@ -35,7 +35,19 @@ impl ScorerHandle {
                     }
                     let all: Vec<Item> =
                         jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
-                    match scorer.score(&all) {
+                    // A panic fails this batch (its choices are unscored: blocked unless
+                    // --gate-fail-open) and the thread keeps scoring the next ones.
+                    let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::faults::hit("scorer");
+                        scorer.score(&all).map_err(|e| e.to_string())
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(format!(
+                            "the scorer panicked: {}",
+                            crate::faults::panic_message(&*p)
+                        ))
+                    });
+                    match scored {
                         Ok(scores) => {
                             let mut it = scores
                                 .into_iter()
@@ -47,7 +59,7 @@ impl ScorerHandle {
                         }
                         Err(e) => {
                             for j in jobs {
-                                let _ = j.reply.send(Err(e.to_string()));
+                                let _ = j.reply.send(Err(e.clone()));
                             }
                         }
                     }

@@ -206,12 +206,33 @@ pub async fn serve(cfg: ServeConfig, device: candle_core::Device) -> Result<()> 
         let _ = done_rx.await;
         tokio::time::sleep(Duration::from_secs(grace)).await;
     };
-    tokio::select! {
-        r = server => r.context("server error")?,
-        _ = grace_timer => eprintln!("safeloop-serve: grace period over, exiting with requests in flight"),
-    }
+    let failed = engine_watchdog(state.clone());
+    let failure = tokio::select! {
+        r = server => { r.context("server error")?; None }
+        _ = grace_timer => { eprintln!("safeloop-serve: grace period over, exiting with requests in flight"); None }
+        why = failed => Some(why),
+    };
     if let Some(log) = &state.log {
         log.close().context("sealing the trajectory log")?;
     }
-    Ok(())
+    match failure {
+        Some(why) => anyhow::bail!("{why}; exiting so that a supervisor restarts the server"),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when the serving engine has died (its thread panicked): /health already answers
+/// 503 `failed` and the requests it held got 5xx error objects; the server stops accepting,
+/// lets those answers go out, and the process exits non-zero.
+async fn engine_watchdog(state: Shared) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(why) = state.engine_failure() {
+            eprintln!("safeloop-serve: fatal: {why}");
+            state.shutting_down.store(true, Ordering::Relaxed);
+            // The failed requests' error responses are being written.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return why;
+        }
+    }
 }

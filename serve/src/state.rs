@@ -108,6 +108,15 @@ impl AppState {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
+    /// Why the serving policy's engine died, if it did (the server then exits non-zero).
+    pub fn engine_failure(&self) -> Option<String> {
+        self.policy
+            .read()
+            .expect("policy lock")
+            .as_ref()
+            .and_then(|p| p.engine.failure())
+    }
+
     /// Whether the policy and the score models have their first versions.
     pub fn is_loaded(&self) -> bool {
         self.ready.load(Ordering::Acquire)

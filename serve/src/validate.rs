@@ -53,7 +53,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 /// A deserialization error as a 400 naming the field at fault (`param`).
-fn field_error(e: serde_path_to_error::Error<serde_json::Error>, body: &serde_json::Value) -> ApiError {
+fn field_error(
+    e: serde_path_to_error::Error<serde_json::Error>,
+    body: &serde_json::Value,
+) -> ApiError {
     let mut path = e.path().to_string();
     let mut inner = e.into_inner();
     if path == "." {

@@ -101,6 +101,14 @@ impl Server {
         Self::spawn(args, env, None)
     }
 
+    /// Starts the server as the last arguments of `wrapper` (a program that sets something
+    /// up and then execs its arguments, keeping the process id) and waits until it is ready.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
+        let s = Self::spawn_with(Some(wrapper), args, env, None);
+        s.wait_ready(std::time::Duration::from_secs(120));
+        s
+    }
+
     /// Starts the server with `dir` as its working directory (relative paths in a config file resolve there).
     pub fn start_in(dir: &std::path::Path, args: &[&str]) -> Server {
         let s = Self::spawn(args, &[], Some(dir));
@@ -109,8 +117,25 @@ impl Server {
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)], dir: Option<&std::path::Path>) -> Server {
+        Self::spawn_with(None, args, env, dir)
+    }
+
+    fn spawn_with(
+        wrapper: Option<&[&str]>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: Option<&std::path::Path>,
+    ) -> Server {
         use std::io::BufRead;
-        let mut cmd = Command::new(bin("safeloop-serve"));
+        let serve = bin("safeloop-serve");
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(&serve);
+                c
+            }
+            None => Command::new(&serve),
+        };
         if let Some(d) = dir {
             cmd.current_dir(d);
         }

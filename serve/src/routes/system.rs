@@ -7,10 +7,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-/// 200 when ready; 503 while the model loads or the server shuts down.
+/// 200 when ready; 503 while the model loads, when the engine has failed (the process is
+/// about to exit) or while the server shuts down.
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn health(State(st): State<Shared>) -> Response {
-    let (code, status) = if st.is_shutting_down() {
+    let (code, status) = if st.engine_failure().is_some() {
+        (StatusCode::SERVICE_UNAVAILABLE, "failed")
+    } else if st.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
     } else if !st.is_loaded() {
         (StatusCode::SERVICE_UNAVAILABLE, "loading")
