@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub mod dashboards;
+pub mod moto;
 mod prometheus;
 pub use prometheus::{free_port, sample, Prometheus, Pushgateway};
 

@@ -302,3 +302,204 @@ fn an_engine_panic_answers_5xx_turns_health_503_and_exits_non_zero() {
         s.stderr()
     );
 }
+
+fn train(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let (ok, out, err) = safeloop_tests::run_train_env(args, env);
+    assert!(ok, "safeloop-train {args:?}: {err}");
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+/// A TCP proxy in front of the object store that dies for good once any one response has
+/// carried `cut_after` bytes: the store disappears in the middle of a large download.
+struct DyingProxy {
+    endpoint: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DyingProxy {
+    fn start(upstream: &str, cut_after: u64) -> DyingProxy {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let dead = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if dead.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let dead = dead.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64 << 10];
+                    let mut sent = 0u64;
+                    loop {
+                        if dead.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let n = match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        if sent > cut_after {
+                            dead.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = s_in.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        DyingProxy { endpoint, cut }
+    }
+
+    fn is_dead(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn the_registry_store_vanishing_mid_fetch_refuses_the_swap_and_the_current_model_serves() {
+    let tmp = fresh_tmp("faults-registry-gone");
+    let moto = safeloop_tests::moto::Moto::start();
+    moto.create_bucket("reg");
+    let env = moto.env();
+    let target = "s3://reg/models/tiny";
+    let (v1_dir, v2_dir) = (tmp.join("v1"), tmp.join("v2"));
+    safeloop_tests::copy_golden(MODEL, &v1_dir);
+    safeloop_tests::copy_golden(MODEL, &v2_dir);
+    // A large extra file: the store dies while the server downloads it.
+    let pad: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(v2_dir.join("padding.bin"), pad).unwrap();
+    let publish = |dir: &Path| {
+        train(
+            &[
+                "registry",
+                "publish",
+                target,
+                "--model",
+                path_str(dir),
+                "--kind",
+                "policy",
+            ],
+            &env,
+        )["version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (v1, v2) = (publish(&v1_dir), publish(&v2_dir));
+    train(&["registry", "promote", target, &v1], &env);
+    let spec = format!("registry:{target}@champion");
+    let cache = tmp.join("cache");
+    // The server reaches the store through a proxy that dies 4 MiB into a response.
+    let proxy = DyingProxy::start(&moto.endpoint, 4 << 20);
+    let mut server_env = env;
+    server_env[0].1 = proxy.endpoint.as_str();
+    let s = Server::start_with_env(
+        &[
+            "--model",
+            &spec,
+            "--served-model-name",
+            "tiny",
+            "--registry-poll-secs",
+            "0.2",
+            "--registry-cache",
+            path_str(&cache),
+            "--admin-key",
+            "adm",
+        ],
+        &server_env,
+    );
+    let c = client();
+    let status = || -> Value {
+        let v: Value = c
+            .get(s.url("/admin/v1/models"))
+            .bearer_auth("adm")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["role"] == "policy")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(status()["serving"], v1.as_str());
+    train(&["registry", "promote", target, &v2], &env);
+    let t = Instant::now();
+    while !proxy.is_dead() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the fetch never started: {}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    let after = loop {
+        let st = status();
+        if st["phase"] != "fetching" && st["phase"] != "loading" && st["phase"] != "validating" {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the fetch never ended: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(after["serving"], v1.as_str(), "{after}");
+    assert!(
+        after["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{after}"
+    );
+    // The current model serves on, and the server stays healthy.
+    for i in 0..5 {
+        let v: Value = c
+            .post(s.url("/v1/completions"))
+            .json(&json!({"model": "tiny", "prompt": format!("still here {i}"), "max_tokens": 4}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(v["system_fingerprint"], format!("fp_{v1}"), "{v}");
+    }
+    assert_eq!(
+        c.get(s.url("/health")).send().unwrap().status().as_u16(),
+        200
+    );
+    let m = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
+    let refused: Vec<&str> = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("safeloop_model_swaps_total")
+                && l.contains("refused")
+                && l.contains("policy")
+        })
+        .collect();
+    eprintln!("registry gone mid-fetch: {after}\n{refused:?}");
+    assert!(refused.iter().any(|l| !l.ends_with(" 0")), "{refused:?}");
+}

@@ -6,7 +6,9 @@
 
 use safeloop_shared::engine::{Engine, EngineConfig, SamplingParams};
 use safeloop_shared::{load_causal_lm, LoadOptions};
-use safeloop_tests::{copy_golden, fresh_tmp, golden_dir, metric, path_str, run_train_env, Server};
+use safeloop_tests::{
+    copy_golden, fresh_tmp, golden_dir, metric, moto::Moto, path_str, run_train_env, Server,
+};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -687,63 +689,13 @@ fn the_cost_model_follows_its_alias_too() {
         .any(|l| l.contains("refused") && l.contains("not a cost model")));
 }
 
-/// moto's standalone S3-compatible server (from the test venv), killed on drop.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(safeloop_tests::venv_bin("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start moto_server (scripts/setup.sh installs it into .venv)");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let t = Instant::now();
-        while reqwest::blocking::get(format!("{endpoint}/")).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(60), "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto { child, endpoint }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn publish_promote_and_swap_through_an_s3_compatible_store() {
     let tmp = fresh_tmp("registry-s3");
     let moto = Moto::start();
     let bucket = "safeloop-registry";
-    let r = reqwest::blocking::Client::new()
-        .put(format!("{}/{bucket}", moto.endpoint))
-        .send()
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "creating the bucket: {}",
-        r.status()
-    );
-    let env = [
-        ("AWS_ENDPOINT", moto.endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-    ];
+    moto.create_bucket(bucket);
+    let env = moto.env();
     let root = format!("s3://{bucket}/models");
     let (v1_dir, v2_dir) = (tmp.join("v1"), tmp.join("v2"));
     copy_model(&v1_dir);
