@@ -69,6 +69,16 @@ pub struct ServeArgs {
     /// Seconds before a non-streaming request gives up with 408 [default: 600]
     #[arg(long, env = "SAFELOOP_REQUEST_TIMEOUT")]
     pub request_timeout: Option<u64>,
+    /// Seconds a client has to send a request's headers before the connection is closed
+    /// [default: 10]
+    #[arg(long, env = "SAFELOOP_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
+    /// Seconds a client has to send a request's body before it gets 408 [default: 30]
+    #[arg(long, env = "SAFELOOP_BODY_TIMEOUT")]
+    pub body_timeout: Option<u64>,
+    /// Open connections accepted at once; more get 503 and are closed [default: 1024]
+    #[arg(long, env = "SAFELOOP_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Seconds between SSE keep-alive comments while a stream waits [default: 10]
     #[arg(long, env = "SAFELOOP_KEEP_ALIVE")]
     pub keep_alive: Option<u64>,
@@ -129,6 +139,11 @@ pub struct ServeArgs {
     /// Delete the oldest sealed segments beyond this total size [default: keep all]
     #[arg(long, env = "SAFELOOP_LOG_RETENTION_BYTES")]
     pub log_retention_bytes: Option<u64>,
+    /// Drop message text from the trajectory log (prompt and output token ids, stop strings),
+    /// keeping token counts, log-probs and scores; such records cannot be trained on
+    /// [default: false]
+    #[arg(long, env = "SAFELOOP_LOG_REDACT")]
+    pub log_redact: Option<bool>,
     /// Answer 503 when a choice cannot be logged (instead of serving it unlogged) [default: false]
     #[arg(long, env = "SAFELOOP_LOG_FAIL_CLOSED")]
     pub log_fail_closed: Option<bool>,
@@ -167,6 +182,22 @@ impl ModelSource {
     }
 }
 
+/// A key: its `Debug` never shows it, so no log line or error message can carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -175,7 +206,7 @@ pub struct ServeConfig {
     pub served_model_name: String,
     pub host: String,
     pub port: u16,
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub max_running: usize,
     pub max_queued: usize,
     pub max_batch_tokens: usize,
@@ -184,6 +215,9 @@ pub struct ServeConfig {
     pub max_n: u32,
     pub max_body_bytes: usize,
     pub request_timeout: u64,
+    pub header_timeout: u64,
+    pub body_timeout: u64,
+    pub max_connections: usize,
     pub keep_alive: u64,
     pub shutdown_grace: u64,
     /// safeloop's CPU kernels (false: candle's stock ops).
@@ -191,14 +225,22 @@ pub struct ServeConfig {
     pub prefix_cache_tokens: usize,
     pub log: Option<safeloop_shared::trajlog::LogConfig>,
     pub log_fail_closed: bool,
+    pub log_redact: bool,
     pub cost_model: Option<ModelSource>,
     pub reward_model: Option<ModelSource>,
     pub registry_poll: std::time::Duration,
     pub registry_cache: PathBuf,
     pub allow_tokenizer_change: bool,
-    pub admin_key: Option<String>,
+    pub admin_key: Option<Secret>,
     pub score_format: safeloop_shared::scoring::ScoreFormat,
     pub gate: crate::gate::GatePolicy,
+}
+
+fn positive(flag: &str, v: u64) -> Result<u64> {
+    if v == 0 {
+        anyhow::bail!("--{flag}: must be at least 1");
+    }
+    Ok(v)
 }
 
 fn read_file(path: &Path) -> Result<ServeArgs> {
@@ -254,7 +296,7 @@ impl ServeConfig {
             served_model_name,
             host: pick!(host).unwrap_or_else(|| "127.0.0.1".into()),
             port: pick!(port).unwrap_or(8000),
-            api_key: pick!(api_key).filter(|k| !k.is_empty()),
+            api_key: pick!(api_key).filter(|k| !k.is_empty()).map(Secret),
             max_running: pick!(max_running).unwrap_or(32),
             max_queued: pick!(max_queued).unwrap_or(256),
             max_batch_tokens: pick!(max_batch_tokens).unwrap_or(512),
@@ -263,6 +305,12 @@ impl ServeConfig {
             max_n: pick!(max_n).unwrap_or(8),
             max_body_bytes: pick!(max_body_bytes).unwrap_or(4 << 20),
             request_timeout: pick!(request_timeout).unwrap_or(600),
+            header_timeout: positive("header-timeout", pick!(header_timeout).unwrap_or(10))?,
+            body_timeout: positive("body-timeout", pick!(body_timeout).unwrap_or(30))?,
+            max_connections: positive(
+                "max-connections",
+                pick!(max_connections).unwrap_or(1024) as u64,
+            )? as usize,
             keep_alive: pick!(keep_alive).unwrap_or(10),
             shutdown_grace: pick!(shutdown_grace).unwrap_or(30),
             prefix_cache_tokens: pick!(prefix_cache_tokens).unwrap_or(8192),
@@ -295,13 +343,14 @@ impl ServeConfig {
                 }
             },
             log_fail_closed: pick!(log_fail_closed).unwrap_or(false),
+            log_redact: pick!(log_redact).unwrap_or(false),
             cost_model: pick!(cost_model)
                 .map(|p| ModelSource::parse("cost-model", p))
                 .transpose()?,
             registry_poll: std::time::Duration::from_secs_f64(poll),
             registry_cache,
             allow_tokenizer_change: pick!(allow_tokenizer_change).unwrap_or(false),
-            admin_key: pick!(admin_key).filter(|k| !k.is_empty()),
+            admin_key: pick!(admin_key).filter(|k| !k.is_empty()).map(Secret),
             score_format: match pick!(score_format).as_deref() {
                 None | Some("safe-rlhf") => safeloop_shared::scoring::ScoreFormat::SafeRlhf,
                 Some("chat-template") => safeloop_shared::scoring::ScoreFormat::ChatTemplate,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod faults;
 pub mod gate;
 pub mod generate;
+pub mod listen;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;

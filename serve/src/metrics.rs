@@ -32,6 +32,8 @@ pub struct Metrics {
     pub kv_cache_bytes: IntGauge,
     pub model_info: IntGaugeVec,
     pub disconnects: IntCounter,
+    pub open_connections: IntGauge,
+    pub connections_refused: IntCounter,
     pub prefix_cache_tokens: IntGauge,
     pub prefix_cache_hits: IntCounter,
     /// Gate decisions by policy version and action.
@@ -155,6 +157,16 @@ impl Metrics {
             disconnects: IntCounter::new(
                 "safeloop_client_disconnects_total",
                 "Requests whose client went away before the end",
+            )
+            .expect("valid"),
+            open_connections: IntGauge::new(
+                "safeloop_open_connections",
+                "Open client connections",
+            )
+            .expect("valid"),
+            connections_refused: IntCounter::new(
+                "safeloop_connections_refused_total",
+                "Connections closed with 503 at the --max-connections cap",
             )
             .expect("valid"),
             prefix_cache_tokens: IntGauge::new(
@@ -284,6 +296,8 @@ impl Metrics {
             Box::new(m.kv_cache_bytes.clone()),
             Box::new(m.model_info.clone()),
             Box::new(m.disconnects.clone()),
+            Box::new(m.open_connections.clone()),
+            Box::new(m.connections_refused.clone()),
             Box::new(m.prefix_cache_tokens.clone()),
             Box::new(m.prefix_cache_hits.clone()),
             Box::new(m.gate_decisions.clone()),

@@ -56,27 +56,31 @@ async fn count(State(st): State<Shared>, req: Request, next: Next) -> Response {
     resp
 }
 
-/// Whether the request carries `Authorization: Bearer <key>`.
+/// Whether the request carries `Authorization: Bearer <key>`. Compared in constant time:
+/// both sides are hashed (SHA-256) first, so neither the key's length nor the position of the
+/// first differing byte shows in the timing; the comparison of the digests reads every byte.
 fn bearer_matches(req: &Request, key: &str) -> bool {
+    use sha2::{Digest, Sha256};
     let given = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Length-independent comparison time is not a goal here; equality is.
-    given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(key.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Bearer-token check for /v1 routes when `--api-key` is set.
 async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.cfg.api_key {
-        if !bearer_matches(&req, key) {
+        if !bearer_matches(&req, key.expose()) {
             return ApiError::unauthorized().into_response();
         }
     }
@@ -86,7 +90,7 @@ async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
 /// The admin API's own key (`--admin-key`; the routes exist only when it is set).
 async fn admin_auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
     match &st.cfg.admin_key {
-        Some(key) if bearer_matches(&req, key) => next.run(req).await,
+        Some(key) if bearer_matches(&req, key.expose()) => next.run(req).await,
         _ => ApiError::unauthorized().into_response(),
     }
 }
@@ -139,6 +143,9 @@ pub fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(state.cfg.body_timeout),
+        ))
         .layer(axum::Extension(BodyLimit(state.cfg.max_body_bytes)))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(middleware::from_fn(request_id))
@@ -198,7 +205,11 @@ pub async fn serve(cfg: ServeConfig, device: candle_core::Device) -> Result<()> 
     let app = router(state.clone());
     let signal_state = state.clone();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let limits = crate::listen::ConnLimits {
+        max_connections: state.cfg.max_connections,
+        header_timeout: Duration::from_secs(state.cfg.header_timeout),
+    };
+    let server = crate::listen::serve(listener, app, limits, state.metrics.clone(), async move {
         shutdown_signal(signal_state).await;
         let _ = done_tx.send(());
     });
@@ -208,7 +219,7 @@ pub async fn serve(cfg: ServeConfig, device: candle_core::Device) -> Result<()> 
     };
     let failed = engine_watchdog(state.clone());
     let failure = tokio::select! {
-        r = server => { r.context("server error")?; None }
+        _ = server => None,
         _ = grace_timer => { eprintln!("safeloop-serve: grace period over, exiting with requests in flight"); None }
         why = failed => Some(why),
     };

@@ -68,7 +68,7 @@ pub async fn record(
                 params,
             } = c;
             let prompt = &info.jobs[i].0;
-            TrajectoryRecord {
+            let mut record = TrajectoryRecord {
                 request_id: info.request_id.clone(),
                 choice_index: i as u32,
                 created_ms: info.created_ms,
@@ -92,7 +92,12 @@ pub async fn record(
                 },
                 blocked,
                 latencies: latencies.clone(),
+                redacted: None,
+            };
+            if st.cfg.log_redact {
+                record.redact();
             }
+            record
         })
         .collect();
     let metrics = st.metrics.clone();

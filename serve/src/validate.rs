@@ -26,6 +26,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large(limit)
+            } else if body_timed_out(&rej) {
+                let mut e = ApiError::bad_request("", "the request body did not arrive in time");
+                e.status = axum::http::StatusCode::REQUEST_TIMEOUT;
+                e.kind = "timeout";
+                e
             } else {
                 ApiError::bad_request("", format!("could not read the body: {rej}"))
             }
@@ -50,6 +55,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .map(ApiJson)
             .map_err(|e| field_error(e, &value))
     }
+}
+
+/// Whether reading the body failed on the body timeout (`--body-timeout`).
+fn body_timed_out(rej: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut err: Option<&(dyn std::error::Error + 'static)> = Some(rej);
+    while let Some(e) = err {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        err = e.source();
+    }
+    false
 }
 
 /// A deserialization error as a 400 naming the field at fault (`param`).

@@ -35,6 +35,7 @@ fn rec(i: u32) -> TrajectoryRecord {
             ttft_ms: 2.0,
             e2e_ms: 3.0,
         },
+        redacted: None,
     }
 }
 

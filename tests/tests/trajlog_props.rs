@@ -30,6 +30,7 @@ fn record(i: u32, prompt: &[u32]) -> TrajectoryRecord {
         gate: GateDecision::default(),
         blocked: false,
         latencies: Latencies::default(),
+        redacted: None,
     }
 }
 

@@ -13,5 +13,5 @@ mod segment;
 mod writer;
 
 pub use reader::{Cursor, LogReader};
-pub use record::{GateAction, GateDecision, Latencies, TrajectoryRecord};
+pub use record::{GateAction, GateDecision, Latencies, Redacted, TrajectoryRecord};
 pub use writer::{Durability, LogConfig, LogStats, LogWriter};

@@ -81,4 +81,28 @@ pub struct TrajectoryRecord {
     /// Blocked choices are kept (they are cost-model data) and marked.
     pub blocked: bool,
     pub latencies: Latencies,
+    /// Set when the server ran with `--log-redact`: the message text was dropped (prompt and
+    /// output token ids, stop strings); the counts, log-probs and scores remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted: Option<Redacted>,
+}
+
+/// What a redacted record still says about the text it dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redacted {
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+}
+
+impl TrajectoryRecord {
+    /// Drops the message text, keeping its token counts.
+    pub fn redact(&mut self) {
+        self.redacted = Some(Redacted {
+            prompt_tokens: self.prompt_ids.len(),
+            output_tokens: self.output_ids.len(),
+        });
+        self.prompt_ids.clear();
+        self.output_ids.clear();
+        self.sampling.stop.clear();
+    }
 }
