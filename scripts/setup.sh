@@ -33,10 +33,20 @@ APT=()
 command -v systemd-analyze > /dev/null || APT+=(systemd)
 command -v prometheus-pushgateway > /dev/null || APT+=(prometheus-pushgateway)
 command -v prometheus > /dev/null && command -v promtool > /dev/null || APT+=(prometheus)
+# unshare and mount: the disk-full test gives the server a small tmpfs in its own mount namespace.
+command -v unshare > /dev/null || APT+=(util-linux)
 if [ ${#APT[@]} -gt 0 ]; then
   echo "setup: installing the Debian packages ${APT[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${APT[@]}" > /dev/null
+fi
+
+# cargo-deny (licences and bans of every crate in the tree, deny.toml; tests/tests/licenses.rs), built once from
+# crates.io into the git-ignored .tools/ (about 4 minutes on 2 cores).
+CARGO_DENY_VERSION=0.20.2
+if [ "$(.tools/cargo-deny/bin/cargo-deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+  echo "setup: building cargo-deny $CARGO_DENY_VERSION into .tools/"
+  cargo install --quiet --locked --version "$CARGO_DENY_VERSION" --root .tools/cargo-deny cargo-deny
 fi
 
 # libtorch 2.11 (CPU libraries) for the trainer.

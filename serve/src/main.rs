@@ -7,6 +7,20 @@ use safeloop_serve::{config, generate, logs, server};
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc: a long-running server that swaps models under load must hand memory back; with
+/// glibc's allocator the resident size ratcheted up by several MiB per swap (scripts/soak.sh).
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Freed pages go back to the OS within about a second (a background thread purges them), so
+/// a drained model version's memory does not linger; `_RJEM_MALLOC_CONF` overrides.
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "safeloop-serve",

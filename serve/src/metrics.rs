@@ -33,6 +33,8 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     pub disconnects: IntCounter,
     pub open_connections: IntGauge,
+    pub heap_allocated: IntGauge,
+    pub heap_resident: IntGauge,
     pub connections_refused: IntCounter,
     pub prefix_cache_tokens: IntGauge,
     pub prefix_cache_hits: IntCounter,
@@ -157,6 +159,16 @@ impl Metrics {
             disconnects: IntCounter::new(
                 "safeloop_client_disconnects_total",
                 "Requests whose client went away before the end",
+            )
+            .expect("valid"),
+            heap_allocated: IntGauge::new(
+                "safeloop_heap_allocated_bytes",
+                "Bytes the server has allocated and not freed (jemalloc stats.allocated)",
+            )
+            .expect("valid"),
+            heap_resident: IntGauge::new(
+                "safeloop_heap_resident_bytes",
+                "Bytes of the allocator's pages resident in memory (jemalloc stats.resident)",
             )
             .expect("valid"),
             open_connections: IntGauge::new(
@@ -297,6 +309,8 @@ impl Metrics {
             Box::new(m.model_info.clone()),
             Box::new(m.disconnects.clone()),
             Box::new(m.open_connections.clone()),
+            Box::new(m.heap_allocated.clone()),
+            Box::new(m.heap_resident.clone()),
             Box::new(m.connections_refused.clone()),
             Box::new(m.prefix_cache_tokens.clone()),
             Box::new(m.prefix_cache_hits.clone()),

@@ -113,13 +113,12 @@ pub fn integral_numbers(v: serde_json::Value) -> serde_json::Value {
     match v {
         Value::Number(n) if n.is_f64() => {
             let f = n.as_f64().unwrap_or(f64::NAN);
-            // Exactly representable range: |f| < 2^63 for i64, < 2^64 for u64.
-            if f.fract() == 0.0
-                && f >= -9.223_372_036_854_775_8e18
-                && f < 9.223_372_036_854_775_8e18
-            {
+            // In range: [-2^63, 2^63) for i64, [0, 2^64) for u64 (powers of two are exact).
+            const I: f64 = 9_223_372_036_854_775_808.0;
+            const U: f64 = 18_446_744_073_709_551_616.0;
+            if f.fract() == 0.0 && (-I..I).contains(&f) {
                 Value::from(f as i64)
-            } else if f.fract() == 0.0 && f >= 0.0 && f < 1.844_674_407_370_955_2e19 {
+            } else if f.fract() == 0.0 && (0.0..U).contains(&f) {
                 Value::from(f as u64)
             } else {
                 Value::Number(n)

@@ -67,6 +67,8 @@ enum Command {
     /// One scheduled Safe RLHF round: harvest the served logs, annotate, PPO-Lag from the champion, evaluate,
     /// promotion gate, publish. Exit 0 promoted (or nothing to do), 3 rejected by the gate, 1 error.
     Round(Box<safeloop_train::round::RoundArgs>),
+    /// Plot CSV columns as lines (PNG and SVG), e.g. the RSS curve of scripts/soak.sh.
+    Plot(safeloop_train::plots::PlotArgs),
     /// The model registry: list, show, publish, promote, rollback, gc.
     #[command(subcommand)]
     Registry(safeloop_train::registry_cmd::RegistryCommand),
@@ -211,6 +213,9 @@ fn run(cli: Cli) -> Result<i32> {
             let (outcome, summary) = safeloop_train::round::run(&args)?;
             println!("{summary}");
             return Ok(outcome.exit_code());
+        }
+        Command::Plot(args) => {
+            println!("{}", safeloop_train::plots::plot_csv(&args)?);
         }
         Command::Registry(cmd) => {
             for line in safeloop_train::registry_cmd::run(&cmd)? {

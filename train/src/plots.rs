@@ -215,3 +215,76 @@ pub fn histogram(
         &area, title, x_label, series, bins
     ))
 }
+
+/// `safeloop-train plot`: columns of a CSV file as lines (PNG and SVG), e.g. the RSS curve
+/// scripts/soak.sh samples.
+#[derive(Debug, clap::Args)]
+pub struct PlotArgs {
+    /// CSV file with a header row.
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// The x column.
+    #[arg(long)]
+    pub x: String,
+    /// The y columns (one line each).
+    #[arg(long, num_args = 1.., required = true)]
+    pub y: Vec<String>,
+    #[arg(long, default_value = "")]
+    pub title: String,
+    #[arg(long)]
+    pub x_label: Option<String>,
+    #[arg(long)]
+    pub y_label: Option<String>,
+    /// Output path without extension (STEM.png and STEM.svg are written).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn plot_csv(a: &PlotArgs) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(&a.csv).with_context(|| format!("reading {}", a.csv.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .with_context(|| format!("{}: empty", a.csv.display()))?
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .with_context(|| format!("{}: no column `{name}` (has {header:?})", a.csv.display()))
+    };
+    let xi = col(&a.x)?;
+    let yis = a.y.iter().map(|y| col(y)).collect::<Result<Vec<_>>>()?;
+    let rows: Vec<Vec<f64>> = lines
+        .enumerate()
+        .map(|(i, l)| {
+            l.split(',')
+                .map(|v| v.trim().parse::<f64>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .with_context(|| format!("{}: row {} is not numbers", a.csv.display(), i + 2))
+        })
+        .collect::<Result<_>>()?;
+    let series: Vec<Series> =
+        a.y.iter()
+            .zip(&yis)
+            .map(|(name, &yi)| Series {
+                name: name.clone(),
+                points: rows
+                    .iter()
+                    .filter_map(|r| Some((*r.get(xi)?, *r.get(yi)?)))
+                    .collect(),
+            })
+            .collect();
+    let files = scatter(
+        &a.out,
+        &a.title,
+        a.x_label.as_deref().unwrap_or(&a.x),
+        a.y_label.as_deref().unwrap_or(""),
+        &series,
+        true,
+    )?;
+    Ok(serde_json::json!({"rows": rows.len(), "files": files}))
+}

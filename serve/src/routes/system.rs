@@ -42,6 +42,16 @@ pub async fn metrics(State(st): State<Shared>) -> Response {
             .log_fsync_seconds
             .set(s.fsync_nanos.load(Relaxed) as f64 / 1e9);
     }
+    #[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+    {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        if epoch::advance().is_ok() {
+            if let (Ok(a), Ok(r)) = (stats::allocated::read(), stats::resident::read()) {
+                st.metrics.heap_allocated.set(a as i64);
+                st.metrics.heap_resident.set(r as i64);
+            }
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
