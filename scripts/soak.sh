@@ -67,7 +67,8 @@ duration, clients, swap, sample = float(minutes) * 60, int(clients), float(swap)
 stop = threading.Event()
 lock = threading.Lock()
 done = []       # (request id, mode, ok, detail)
-rss = []        # (seconds, MiB)
+rss = []        # (seconds, RSS MiB, live heap MiB)
+threads = []    # the server's thread count at each sample
 swaps = []
 t0 = time.time()
 
@@ -119,8 +120,9 @@ def heap_mib():
 def sampler():
     while not stop.is_set():
         with open(f"/proc/{pid}/status") as f:
-            kb = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-        rss.append((round(time.time() - t0, 1), kb / 1024, heap_mib()))
+            status = {l.split(":")[0]: l.split()[1] for l in f if ":" in l and len(l.split()) > 1}
+        threads.append(int(status["Threads"]))
+        rss.append((round(time.time() - t0, 1), int(status["VmRSS"]) / 1024, heap_mib()))
         stop.wait(sample)
 
 def swapper():
@@ -132,9 +134,9 @@ def swapper():
         swaps.append((round(time.time() - t0, 1), target))
         target = v1 if target == v2 else v2
 
-threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-threads += [threading.Thread(target=sampler), threading.Thread(target=swapper)]
-for t in threads:
+workers = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+workers += [threading.Thread(target=sampler), threading.Thread(target=swapper)]
+for t in workers:
     t.start()
 last = 0
 while time.time() - t0 < duration:
@@ -146,7 +148,7 @@ while time.time() - t0 < duration:
         print(f"soak: {time.time() - t0:6.0f} s  {len(done)} requests, {failed} failed, "
               f"RSS {rss[-1][1] if rss else 0:.1f} MiB (heap {rss[-1][2] or 0:.1f}), {len(swaps)} swaps", flush=True)
 stop.set()
-for t in threads:
+for t in workers:
     t.join()
 time.sleep(2)
 metrics = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
@@ -155,7 +157,7 @@ with open(f"{out}/metrics.txt", "w") as f:
 with open(f"{out}/rss.csv", "w") as f:
     f.write("seconds,rss_mib,heap_allocated_mib\n")
     f.writelines(f"{s},{m:.2f},{h if h is not None else 0:.2f}\n" for s, m, h in rss)
-json.dump({"done": done, "swaps": swaps, "rss": rss, "seconds": time.time() - t0},
+json.dump({"done": done, "swaps": swaps, "rss": rss, "threads": threads, "seconds": time.time() - t0},
           open(f"{out}/driver.json", "w"))
 PY
 
