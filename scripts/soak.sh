@@ -165,7 +165,8 @@ PY
 kill -TERM $PID
 wait $PID || true
 "$SERVE" logs --log-dir "$OUT/log" >"$OUT/records.jsonl"
-python3 - "$OUT" "$GROWTH" <<'PY'
+status=0
+python3 - "$OUT" "$GROWTH" <<'PY' || status=$?
 import json, os, statistics, sys
 out, growth = sys.argv[1], float(sys.argv[2])
 d = json.load(open(f"{out}/driver.json"))
@@ -206,7 +207,6 @@ ok = not failed and not lost and summary["rss_growth"] <= growth
 print("soak: PASSED" if ok else "soak: FAILED", file=sys.stderr)
 sys.exit(0 if ok else 1)
 PY
-status=$?
 "$TRAIN" plot --csv "$OUT/rss.csv" --x seconds --y rss_mib heap_allocated_mib --title "safeloop-serve RSS under soak" \
   --x-label "seconds" --y-label "MiB" --out "$OUT/rss" >/dev/null || echo "soak: no plot (see safeloop-train plot)" >&2
 exit $status
