@@ -357,7 +357,12 @@ pub fn copy_golden(name: &str, dst: &std::path::Path) {
 
 /// Runs `safeloop-train` and parses the JSON of its last stdout line (panics with stderr on failure).
 pub fn train_json(args: &[&str]) -> serde_json::Value {
-    let (ok, out, err) = run_train(args);
+    train_json_env(args, &[])
+}
+
+/// `train_json` with extra environment variables (e.g. an object store's endpoint and keys).
+pub fn train_json_env(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let (ok, out, err) = run_train_env(args, env);
     assert!(ok, "safeloop-train {args:?} failed: {err}");
     serde_json::from_str(out.lines().last().unwrap()).unwrap()
 }

@@ -303,11 +303,7 @@ fn an_engine_panic_answers_5xx_turns_health_503_and_exits_non_zero() {
     );
 }
 
-fn train(args: &[&str], env: &[(&str, &str)]) -> Value {
-    let (ok, out, err) = safeloop_tests::run_train_env(args, env);
-    assert!(ok, "safeloop-train {args:?}: {err}");
-    serde_json::from_str(out.lines().last().unwrap()).unwrap()
-}
+use safeloop_tests::train_json_env as train;
 
 /// A TCP proxy in front of the object store that dies for good once any one response has
 /// carried `cut_after` bytes: the store disappears in the middle of a large download.

@@ -6,22 +6,14 @@
 use proptest::prelude::*;
 use safeloop_shared::registry::{ModelKind, Provenance, PublishOptions, Registry};
 use safeloop_shared::{load_causal_lm, ChatMessage, LoadOptions, Tokenizer};
-use safeloop_tests::{copy_golden, golden_dir, proptest_config};
+use safeloop_tests::{copy_golden, fresh_tmp, golden_dir, proptest_config};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// A fresh directory per test (cases run one after another and each starts from empty).
 fn tmp(name: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "safeloop-parser-props-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
+    fresh_tmp(&format!("parser-props-{name}"))
 }
 
 /// The default policy's tokenizer (byte-level BPE, from the GGUF) and the golden one.

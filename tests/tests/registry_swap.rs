@@ -6,9 +6,7 @@
 
 use safeloop_shared::engine::{Engine, EngineConfig, SamplingParams};
 use safeloop_shared::{load_causal_lm, LoadOptions};
-use safeloop_tests::{
-    copy_golden, fresh_tmp, golden_dir, metric, moto::Moto, path_str, run_train_env, Server,
-};
+use safeloop_tests::{copy_golden, fresh_tmp, golden_dir, metric, moto::Moto, path_str, Server};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -87,15 +85,7 @@ fn offline(dir: &Path) -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
-fn train(args: &[&str]) -> Value {
-    train_env(args, &[])
-}
-
-fn train_env(args: &[&str], env: &[(&str, &str)]) -> Value {
-    let (ok, out, err) = run_train_env(args, env);
-    assert!(ok, "safeloop-train {args:?} failed: {err}");
-    serde_json::from_str(out.lines().last().unwrap()).unwrap()
-}
+use safeloop_tests::{train_json as train, train_json_env as train_env};
 
 /// Publishes a model directory as a version of ROOT/tiny (ROOT: a directory or s3:// URL).
 fn publish_to(root: &str, dir: &Path, env: &[(&str, &str)]) -> String {

@@ -7,7 +7,7 @@
 use proptest::prelude::*;
 use safeloop_shared::engine::SamplingParams;
 use safeloop_shared::trajlog::*;
-use safeloop_tests::proptest_config;
+use safeloop_tests::{fresh_tmp, proptest_config};
 use std::path::{Path, PathBuf};
 
 fn record(i: u32, prompt: &[u32]) -> TrajectoryRecord {
@@ -174,7 +174,7 @@ proptest! {
         which in 0.0..1.0f64,
         d in damage(),
     ) {
-        let tmp = tempfile_dir();
+        let tmp = fresh_tmp("trajlog-props-sealed");
         let recs = write_log(&tmp, n, segment_bytes, true);
         let per_file = records_by_file(&tmp, &recs);
         let damaged = ((which * per_file.len() as f64) as usize).min(per_file.len() - 1);
@@ -189,7 +189,7 @@ proptest! {
         n in 1u32..30,
         d in damage(),
     ) {
-        let tmp = tempfile_dir();
+        let tmp = fresh_tmp("trajlog-props-crash");
         let recs = write_log(&tmp, n, 1 << 20, false);
         let per_file = records_by_file(&tmp, &recs);
         let open = per_file.len() - 1;
@@ -210,7 +210,7 @@ proptest! {
     fn a_cursor_never_moves_backwards_and_never_repeats_a_record(
         steps in prop::collection::vec((0u32..6, prop::option::of(damage()), any::<bool>()), 1..8),
     ) {
-        let tmp = tempfile_dir();
+        let tmp = fresh_tmp("trajlog-props-cursor");
         let w = LogWriter::open(config(&tmp, 700)).unwrap();
         let mut cursor = Cursor::default();
         let mut seen = std::collections::HashSet::new();
@@ -237,17 +237,4 @@ proptest! {
         w.close().unwrap();
         let _ = std::fs::remove_dir_all(&tmp);
     }
-}
-
-fn tempfile_dir() -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let p = std::env::temp_dir().join(format!(
-        "safeloop-trajlog-props-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
 }
