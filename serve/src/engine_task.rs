@@ -69,8 +69,10 @@ impl EngineHandle {
             .name("safeloop-engine".into())
             .spawn(move || {
                 let mut live = HashMap::new();
+                // The queue outlives a panic so that queued submissions hear why (below).
+                let mut rx = rx;
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(engine, rx, &mut live, metrics, counter)
+                    run(engine, &mut rx, &mut live, metrics, counter)
                 }));
                 if let Err(p) = r {
                     // The engine's state is unknown after a panic: fail what is in flight
@@ -81,10 +83,12 @@ impl EngineHandle {
                         crate::faults::panic_message(&*p)
                     );
                     tracing::error!("{why}");
+                    // Mark the failure before any request hears of it, so that a client that
+                    // got its 5xx and then asks /health never sees 200.
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
                     for (_, l) in live.drain() {
                         let _ = l.events.send(SeqEvent::Failed(why.clone()));
                     }
-                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                 }
             })
             .expect("spawn the engine thread");
@@ -123,7 +127,14 @@ impl EngineHandle {
             events: events_tx,
             reply: reply_tx,
         };
-        let stopped = || safeloop_shared::Error::invalid("", "the engine has stopped");
+        // Only a panic stops an engine while handles exist; its reason is recorded before
+        // the command queue is dropped.
+        let stopped = || {
+            safeloop_shared::Error::EngineFailed(
+                self.failure()
+                    .unwrap_or_else(|| "the engine has stopped".into()),
+            )
+        };
         self.tx.send(cmd).map_err(|_| stopped())?;
         let id = reply.await.map_err(|_| stopped())??;
         Ok(SeqStream { id, events })
@@ -142,7 +153,7 @@ struct Live {
 
 fn run(
     mut engine: Engine<CausalLm>,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
     live: &mut HashMap<SeqId, Live>,
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,

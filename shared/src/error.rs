@@ -55,6 +55,9 @@ pub enum Error {
     InvalidRequest { param: String, msg: String },
     #[error("model: {0}")]
     Candle(candle_core::Error),
+    /// The engine thread is gone (it panicked); nothing more can be generated.
+    #[error("{0}")]
+    EngineFailed(String),
 }
 
 impl From<candle_core::Error> for Error {
