@@ -4,7 +4,7 @@
 # served model swaps (champion moves between two registry versions) every SOAK_SWAP_SECS. The server's RSS is
 # sampled every 10 s. Passes when no request failed, every request answered 200 (and not cancelled) has its
 # record in the log, and RSS after warm-up is flat: the median of the last fifth of the samples is at most 5%
-# above the median of the first fifth (warm-up: the first 20% of the run, at most 5 minutes).
+# above the median of the first fifth (warm-up: the first 20% of the run, at most 5 minutes, or SOAK_WARMUP_SECS).
 #
 #   scripts/soak.sh            # 30 minutes (the README's figures and RSS picture)
 #   SOAK_MINUTES=2 scripts/soak.sh   # the CI version (tests/tests/soak.rs)
@@ -12,8 +12,8 @@
 # Environment: SOAK_MINUTES (30), SOAK_CLIENTS (32), SOAK_SWAP_SECS (180), SOAK_ROTATE_SECS (120), SOAK_OUT
 # (runs/soak: rss.csv, summary.json, rss.png/svg, server.log), SOAK_MODEL (default: the tiny golden model in
 # ../shared/golden — many small requests churn memory fastest; any HF directory works), SOAK_MAX_GROWTH (0.05),
-# SOAK_SAMPLE_SECS (10: the RSS sampling interval), SOAK_MIX (0.4,0.4,0.2: the shares of streamed, non-streamed
-# and cancelled requests).
+# SOAK_SAMPLE_SECS (10: the RSS sampling interval), SOAK_WARMUP_SECS (samples before it are not judged), SOAK_MIX
+# (0.4,0.4,0.2: the shares of streamed, non-streamed and cancelled requests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${SOAK_MINUTES:-30}"
@@ -176,7 +176,7 @@ failed = [x for x in done if not x[2]]
 answered = [x[0] for x in done if x[2] and x[3] in ("plain", "stream")]
 lost = [r for r in answered if r not in logged]
 rss = d["rss"]
-warm = min(d["seconds"] * 0.2, 300)
+warm = float(os.environ["SOAK_WARMUP_SECS"]) if os.environ.get("SOAK_WARMUP_SECS") else min(d["seconds"] * 0.2, 300)
 after = [m for s, m, _ in rss if s >= warm]
 heap = [h for s, _, h in rss if s >= warm and h is not None]
 k = max(1, len(after) // 5)
@@ -200,6 +200,7 @@ summary = {
     "rss_mib_peak": round(max(m for _, m, _ in rss), 1),
     "heap_mib_after_warmup": round(statistics.median(heap[:k]), 1) if heap else None,
     "heap_mib_at_end": round(statistics.median(heap[-k:]), 1) if heap else None,
+    "warmup_secs": round(warm),
 }
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)
 print(json.dumps(summary))

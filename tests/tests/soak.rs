@@ -1,8 +1,9 @@
 //! The soak in CI: scripts/soak.sh for 2 minutes (the documented run is 30) — 32 clients with
 //! streamed, non-streamed and cancelled requests, a log rotation every 20 s and a model swap
-//! every 30 s: 0 failed requests, 0 lost records. The script's third criterion, flat RSS, does
-//! not hold yet (the live heap grows by a few MiB a minute under this load; see the README's
-//! reliability section): it is reported here, and the script's exit status carries it.
+//! every 30 s: 0 failed requests, 0 lost records, and no memory growth per swap. Two minutes
+//! are barely past warm-up (caches and buffers still settle until ~100 s), so RSS after the
+//! first 45 s may grow by at most 25% here; the 30-minute run holds 5%. The tokenizer leak this
+//! caught (a thread-local word cache kept per model version) grew RSS by ~70% in this test.
 
 use safeloop_tests::{bin, repo_root};
 use serde_json::Value;
@@ -20,6 +21,8 @@ fn two_minutes_of_mixed_load_with_swaps_and_rotations_lose_nothing_and_leak_noth
             ("SOAK_SWAP_SECS", "30"),
             ("SOAK_ROTATE_SECS", "20"),
             ("SOAK_SAMPLE_SECS", "2"),
+            ("SOAK_WARMUP_SECS", "45"),
+            ("SOAK_MAX_GROWTH", "0.25"),
         ])
         .env("SOAK_OUT", &out)
         .env("SAFELOOP_SERVE_BIN", &serve)
@@ -49,5 +52,8 @@ fn two_minutes_of_mixed_load_with_swaps_and_rotations_lose_nothing_and_leak_noth
         summary["sealed_segments"].as_u64().unwrap() >= 3,
         "{summary}"
     );
+    let growth = summary["rss_growth"].as_f64().unwrap();
+    assert!(growth <= 0.25, "RSS grew by {growth} after warm-up: {summary}");
+    assert!(run.status.success(), "soak.sh failed:\n{text}");
     let _ = std::fs::remove_dir_all(&out);
 }
