@@ -5,6 +5,10 @@
 //!
 //! `cargo bench -p safeloop-shared --bench engine [-- --model PATH --new-tokens N
 //!  --prompt-tokens N --no-baseline]`
+//!
+//! `-- --prefill-sweep 256,1024,4096,7900` measures only prefill, at each prompt length (one
+//! chunk of up to 2,048 tokens per step, as a server with that budget would), and prints
+//! tokens/s per length for both engines, how flat ours stays, and the ratios.
 
 use safeloop_shared::engine::{Engine, EngineConfig, SamplingParams};
 use safeloop_shared::model::CausalLm;
@@ -51,40 +55,9 @@ fn measure(
     new_tokens: usize,
     prompt_tokens: usize,
 ) -> anyhow::Result<Figures> {
-    let t0 = Instant::now();
-    let m = load_causal_lm(model, opts)?;
-    println!(
-        "[{label}] model loaded in {:.2}s",
-        t0.elapsed().as_secs_f64()
-    );
-    let tok = Arc::new(m.tokenizer);
-    let mut engine = Engine::new(
-        m.model,
-        tok.clone(),
-        EngineConfig {
-            max_running: 64,
-            max_batch_tokens: 2048,
-            max_context: None,
-            // The prefill figure repeats one prompt: measure computing it, not reusing it.
-            prefix_cache_tokens: 0,
-        },
-    );
-    let prompt = long_prompt(&tok, prompt_tokens)?;
-    let one = SamplingParams {
-        max_tokens: Some(1),
-        ..SamplingParams::greedy()
-    };
-    engine.generate(vec![(prompt.clone(), one.clone())])?; // warm-up
-    let runs = 3;
-    let t = Instant::now();
-    for _ in 0..runs {
-        engine.generate(vec![(prompt.clone(), one.clone())])?;
-    }
-    let prefill = (runs * prompt.len()) as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "[{label}] prefill: {prefill:.1} tokens/s ({} prompt tokens)",
-        prompt.len()
-    );
+    let (mut engine, tok) = load_engine(label, model, opts)?;
+    let prefill = prefill_rate(&mut engine, &tok, prompt_tokens, 3)?;
+    println!("[{label}] prefill: {prefill:.1} tokens/s ({prompt_tokens} prompt tokens)");
     let mut decode = [0.0; 3];
     for (slot, &b) in STREAMS.iter().enumerate() {
         decode[slot] = decode_rate(&mut engine, &tok, b, new_tokens)?;
@@ -95,6 +68,97 @@ fn measure(
         );
     }
     Ok(Figures { prefill, decode })
+}
+
+fn load_engine(
+    label: &str,
+    model: &Path,
+    opts: &LoadOptions,
+) -> anyhow::Result<(Engine<CausalLm>, Arc<Tokenizer>)> {
+    let t0 = Instant::now();
+    let m = load_causal_lm(model, opts)?;
+    println!(
+        "[{label}] model loaded in {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let tok = Arc::new(m.tokenizer);
+    let engine = Engine::new(
+        m.model,
+        tok.clone(),
+        EngineConfig {
+            max_running: 64,
+            max_batch_tokens: 2048,
+            max_context: None,
+            // The prefill figure repeats one prompt: measure computing it, not reusing it.
+            prefix_cache_tokens: 0,
+        },
+    );
+    Ok((engine, tok))
+}
+
+/// Prefill tokens/s of one `n`-token prompt (after a warm-up run), over `runs` runs.
+fn prefill_rate(
+    engine: &mut Engine<CausalLm>,
+    tok: &Tokenizer,
+    n: usize,
+    runs: usize,
+) -> anyhow::Result<f64> {
+    let prompt = long_prompt(tok, n)?;
+    let one = SamplingParams {
+        max_tokens: Some(1),
+        ..SamplingParams::greedy()
+    };
+    engine.generate(vec![(prompt.clone(), one.clone())])?; // warm-up
+    let t = Instant::now();
+    for _ in 0..runs {
+        engine.generate(vec![(prompt.clone(), one.clone())])?;
+    }
+    Ok((runs * prompt.len()) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Prefill tokens/s at each prompt length, both engines, and the ratios.
+fn prefill_sweep(model: &Path, lengths: &[usize], baseline: bool) -> anyhow::Result<()> {
+    let mut engines = vec![("safeloop", LoadOptions::default())];
+    if baseline {
+        let opts = LoadOptions {
+            host_kernels: false,
+            ..Default::default()
+        };
+        engines.push(("candle ops", opts));
+    }
+    let mut rates = vec![];
+    for (label, opts) in &engines {
+        let (mut engine, tok) = load_engine(label, model, opts)?;
+        let mut r = vec![];
+        for &n in lengths {
+            let runs = if n >= 4096 { 1 } else { 3 };
+            let rate = prefill_rate(&mut engine, &tok, n, runs)?;
+            println!("[{label}] prefill {n:>5} tokens: {rate:7.1} tokens/s");
+            r.push(rate);
+        }
+        rates.push(r);
+    }
+    println!(
+        "
+prompt tokens   safeloop tok/s   vs shortest   {}",
+        if baseline {
+            "safeloop / candle ops"
+        } else {
+            ""
+        }
+    );
+    for (i, &n) in lengths.iter().enumerate() {
+        let ours = rates[0][i];
+        let base = rates
+            .get(1)
+            .map_or(String::new(), |b| format!("{:5.2}x", ours / b[i]));
+        println!(
+            "{n:>13} {ours:>16.1} {:>12.2}x   {base}",
+            ours / rates[0][0]
+        );
+    }
+    println!("[safeloop] peak memory (RSS): {:.0} MiB", peak_rss_mib());
+    Ok(())
 }
 
 fn long_prompt(tok: &Tokenizer, n: usize) -> anyhow::Result<Vec<u32>> {
@@ -149,6 +213,14 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(safeloop_shared::assets::default_model_path);
     let new_tokens: usize = arg("--new-tokens").map_or(Ok(64), |s| s.parse())?;
     let prompt_tokens: usize = arg("--prompt-tokens").map_or(Ok(128), |s| s.parse())?;
+    if let Some(list) = arg("--prefill-sweep") {
+        let lengths = list
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!lengths.is_empty(), "--prefill-sweep: no lengths");
+        return prefill_sweep(&model, &lengths, !flag("--no-baseline"));
+    }
     println!(
         "model {}; {new_tokens} new tokens per stream, greedy",
         model.display()
