@@ -4,7 +4,7 @@
 //! (GQA) are handled together so each key and value row is read once.
 
 use super::cache::HostBuf;
-use crate::math::{dot, fast_exp};
+use crate::math::fast_exp;
 
 /// Keys or values of one sequence, `n_kv * head_dim` elements per position.
 #[derive(Clone, Copy)]
@@ -140,6 +140,8 @@ struct Scratch {
     max: Vec<f32>,
     sum: Vec<f32>,
     scores: Vec<f32>,
+    /// The current key block, transposed.
+    kt: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
 }
@@ -163,6 +165,7 @@ unsafe fn attend_item(
         max,
         sum,
         scores,
+        kt,
         k: kbuf,
         v: vbuf,
     } = scratch;
@@ -187,6 +190,16 @@ unsafe fn attend_item(
         let k1 = (k0 + K_BLOCK).min(end);
         let (keys, kstride) = seq.k.head_rows(it.kvh, d, kvw, k0, k1, kbuf);
         let (vals, vstride) = seq.v.head_rows(it.kvh, d, kvw, k0, k1, vbuf);
+        // This block's keys transposed to [d][K_BLOCK] (zeros past k1): a query's scores are
+        // then K_BLOCK-wide multiply-adds, with no horizontal sum per key.
+        kt.clear();
+        kt.resize(d * K_BLOCK, 0.0);
+        for jj in 0..k1 - k0 {
+            let kr = &keys[jj * kstride..jj * kstride + d];
+            for (c, &x) in kr.iter().enumerate() {
+                kt[c * K_BLOCK + jj] = x;
+            }
+        }
         for i in 0..rows {
             let qi = seq.past + it.t0 + i;
             let lo = window_lo(qi).max(k0);
@@ -196,20 +209,27 @@ unsafe fn attend_item(
             }
             for r in 0..rep {
                 let qv = qrow(i, r);
-                let sc = &mut scores[..hi - lo];
-                let mut block_max = f32::NEG_INFINITY;
-                for (j, x) in (lo..hi).zip(sc.iter_mut()) {
-                    let padding = seq
-                        .key_mask
-                        .is_some_and(|m| j >= seq.past && !m[j - seq.past]);
-                    *x = if padding {
-                        f32::NEG_INFINITY
-                    } else {
-                        let kr = (j - k0) * kstride;
-                        dot(qv, &keys[kr..kr + d]) * scale
-                    };
-                    block_max = block_max.max(*x);
+                // Accumulated in a local array, which stays in registers over the loop.
+                let mut block = [0f32; K_BLOCK];
+                for (c, &qc) in qv.iter().enumerate() {
+                    let row: &[f32; K_BLOCK] =
+                        kt[c * K_BLOCK..(c + 1) * K_BLOCK].try_into().unwrap();
+                    for (x, k) in block.iter_mut().zip(row) {
+                        *x = qc.mul_add(*k, *x);
+                    }
                 }
+                let full = &mut scores[..K_BLOCK];
+                full.copy_from_slice(&block);
+                let sc = &mut full[lo - k0..hi - k0];
+                sc.iter_mut().for_each(|x| *x *= scale);
+                if let Some(m) = seq.key_mask {
+                    for (j, x) in (lo..hi).zip(sc.iter_mut()) {
+                        if j >= seq.past && !m[j - seq.past] {
+                            *x = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let block_max = crate::math::max(sc);
                 if block_max == f32::NEG_INFINITY {
                     continue;
                 }
@@ -226,17 +246,28 @@ unsafe fn attend_item(
                 if corr != 1.0 {
                     a.iter_mut().for_each(|x| *x *= corr);
                 }
-                let mut block_sum = 0f32;
-                for (j, &x) in (lo..hi).zip(sc.iter()) {
-                    let p = fast_exp(x - new);
-                    if p == 0.0 {
-                        continue;
+                // Probabilities (unnormalised) in place, then their sum and the weighted values.
+                sc.iter_mut().for_each(|x| *x = fast_exp(*x - new));
+                let block_sum = crate::math::sum(sc);
+                // 16 output dimensions at a time, their sums kept in registers over the keys.
+                for c0 in (0..d).step_by(16) {
+                    let w = (d - c0).min(16);
+                    let mut o = [0f32; 16];
+                    o[..w].copy_from_slice(&a[c0..c0 + w]);
+                    for (jj, &p) in sc.iter().enumerate() {
+                        let vr = (lo - k0 + jj) * vstride + c0;
+                        if w == 16 {
+                            let v: &[f32; 16] = vals[vr..vr + 16].try_into().unwrap();
+                            for (x, v) in o.iter_mut().zip(v) {
+                                *x = p.mul_add(*v, *x);
+                            }
+                        } else {
+                            for (x, v) in o.iter_mut().zip(&vals[vr..vr + w]) {
+                                *x = p.mul_add(*v, *x);
+                            }
+                        }
                     }
-                    block_sum += p;
-                    let vr = (j - k0) * vstride;
-                    for (o, v) in a.iter_mut().zip(&vals[vr..vr + d]) {
-                        *o = p.mul_add(*v, *o);
-                    }
+                    a[c0..c0 + w].copy_from_slice(&o[..w]);
                 }
                 sum[vi] = sum[vi] * corr + block_sum;
                 max[vi] = new;
@@ -341,16 +372,19 @@ mod tests {
             (20, 5, None, true, false),
             (130, 70, Some(100), true, true),
         ];
-        let s = Shape {
-            n_heads: 6,
-            n_kv: 2,
-            head_dim: 16,
-            sliding_window: None,
-        };
-        for (case, &(t, past, window, padded, f16)) in cases.iter().enumerate() {
+        // head_dim 24: the value sums' partial 16-wide chunk.
+        for (case, &(t, past, window, padded, f16, head_dim)) in cases
+            .iter()
+            .flat_map(|&(t, p, w, m, f)| [(t, p, w, m, f, 16), (t, p, w, m, f, 24)])
+            .collect::<Vec<_>>()
+            .iter()
+            .enumerate()
+        {
             let s = Shape {
+                n_heads: 6,
+                n_kv: 2,
+                head_dim,
                 sliding_window: window,
-                ..s
             };
             let (qw, kvw) = (s.n_heads * s.head_dim, s.n_kv * s.head_dim);
             let q = values(t * qw, 3 * case as u64);
