@@ -53,7 +53,10 @@ fn two_minutes_of_mixed_load_with_swaps_and_rotations_lose_nothing_and_leak_noth
         "{summary}"
     );
     let growth = summary["rss_growth"].as_f64().unwrap();
-    assert!(growth <= 0.25, "RSS grew by {growth} after warm-up: {summary}");
+    assert!(
+        growth <= 0.25,
+        "RSS grew by {growth} after warm-up: {summary}"
+    );
     assert!(run.status.success(), "soak.sh failed:\n{text}");
     let _ = std::fs::remove_dir_all(&out);
 }

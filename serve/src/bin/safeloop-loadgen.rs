@@ -4,6 +4,10 @@
 //!
 //! `safeloop-loadgen --url http://127.0.0.1:8000 --concurrency 4 --requests 32 --max-tokens 64`
 //!
+//! `--prompt-tokens N` sends distinct synthetic prompts of about N tokens (no prefix shared between requests, nor
+//! with an earlier run) and reports prefill tokens/s; `--turns K` makes each request a K-turn conversation that
+//! grows (the answer and a new question appended each turn), the workload where a prefix cache pays.
+//!
 //! With `--prompts FILE…` the requests carry real prompts instead (JSONL rows with `prompt`, `instruction` +
 //! `input`, or chat `messages`), e.g. to put red-team traffic through a server whose trajectory log feeds a round.
 
@@ -54,11 +58,86 @@ struct Args {
     /// Send non-streamed requests (latency = the full response)
     #[arg(long)]
     no_stream: bool,
+    /// Distinct synthetic prompts of about this many tokens (prefill benchmark)
+    #[arg(long, conflicts_with = "prompts")]
+    prompt_tokens: Option<usize>,
+    /// Turns per conversation: each request is a conversation that grows by the answer and a new question a turn
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    turns: u32,
+}
+
+/// Common words that are one token each in byte-level BPE vocabularies (with their leading space).
+const WORDS: [&str; 48] = [
+    "the",
+    "time",
+    "people",
+    "year",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+    "family",
+    "student",
+    "group",
+    "country",
+    "problem",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+];
+
+/// About `tokens` tokens of text, different from the first token on for every (nonce, i).
+fn synthetic_prompt(nonce: u64, i: usize, tokens: usize) -> String {
+    let mut x = nonce ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut text = format!("Request {nonce:x}-{i}: summarise these notes.");
+    for _ in 0..tokens.saturating_sub(12) {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        text.push(' ');
+        text.push_str(WORDS[(x >> 33) as usize % WORDS.len()]);
+    }
+    text
 }
 
 #[derive(Default)]
 struct Sample {
     e2e: f64,
+    prompt_tokens: u64,
+    /// The answer's text (multi-turn conversations carry it into the next turn).
+    text: String,
     ttft: Option<f64>,
     itls: Vec<f64>,
     tokens: u64,
@@ -110,18 +189,28 @@ fn read_prompts(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
     Ok(out)
 }
 
+/// The first turn's messages of request `i`.
+fn first_messages(
+    a: &Args,
+    prompts: &[serde_json::Value],
+    nonce: u64,
+    i: usize,
+) -> serde_json::Value {
+    if let Some(n) = a.prompt_tokens {
+        serde_json::json!([{"role": "user", "content": synthetic_prompt(nonce, i, n)}])
+    } else if prompts.is_empty() {
+        serde_json::json!([{"role": "user", "content": format!("Write a short story about robot number {i}.")}])
+    } else {
+        prompts[i % prompts.len()].clone()
+    }
+}
+
 async fn one(
     client: &reqwest::Client,
     a: &Args,
     model: &str,
-    prompts: &[serde_json::Value],
-    i: usize,
+    messages: &serde_json::Value,
 ) -> Result<Sample> {
-    let messages = if prompts.is_empty() {
-        serde_json::json!([{"role": "user", "content": format!("Write a short story about robot number {i}.")}])
-    } else {
-        prompts[i % prompts.len()].clone()
-    };
     let mut body = serde_json::json!({
         "model": model,
         "messages": messages,
@@ -154,6 +243,11 @@ async fn one(
         s.e2e = start.elapsed().as_secs_f64();
         s.ttft = Some(s.e2e);
         s.tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+        s.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+        s.text = v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         s.ok = true;
         return Ok(s);
     }
@@ -176,10 +270,12 @@ async fn one(
                 if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                     s.tokens = n;
                 }
-                let has_content = v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .is_some_and(|c| !c.is_empty());
-                if has_content {
+                if let Some(n) = v["usage"]["prompt_tokens"].as_u64() {
+                    s.prompt_tokens = n;
+                }
+                let content = v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+                s.text.push_str(content);
+                if !content.is_empty() {
                     let now = Instant::now();
                     match last {
                         None => s.ttft = Some((now - start).as_secs_f64()),
@@ -207,8 +303,11 @@ async fn main() -> Result<()> {
     } else {
         prompts.len()
     });
+    // A fresh connection per request: some servers (llama-server) close a kept-alive connection after a
+    // streamed response without saying so, and a pooled connection would fail the next request.
     let client = reqwest::Client::builder()
         .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(a.timeout))
         .build()?;
     let model = match &a.model {
@@ -227,6 +326,10 @@ async fn main() -> Result<()> {
     };
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
+    // Synthetic prompts differ from any earlier run's (a server's prefix cache must not help).
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency.max(1) {
         let (client, a, model, next, prompts) = (
@@ -243,7 +346,20 @@ async fn main() -> Result<()> {
                 if i >= requests {
                     break;
                 }
-                out.push(one(&client, &a, &model, &prompts, i).await);
+                let mut messages = first_messages(&a, &prompts, nonce, i);
+                for turn in 0..a.turns {
+                    let r = one(&client, &a, &model, &messages).await;
+                    let next_turn = match &r {
+                        Ok(s) if s.ok && turn + 1 < a.turns => Some(s.text.clone()),
+                        _ => None,
+                    };
+                    out.push(r);
+                    let Some(answer) = next_turn else { break };
+                    let list = messages.as_array_mut().expect("messages are a list");
+                    list.push(serde_json::json!({"role": "assistant", "content": answer}));
+                    list.push(serde_json::json!({"role": "user", "content": format!(
+                        "Thank you. Now say more about the {} part, in other words.", WORDS[(turn as usize * 7 + i) % WORDS.len()])}));
+                }
             }
             out
         }));
@@ -267,6 +383,9 @@ async fn main() -> Result<()> {
         .flat_map(|s| s.itls.iter().copied())
         .collect();
     let mut e2e: Vec<f64> = samples.iter().map(|s| s.e2e).collect();
+    let prompt_tokens: u64 = samples.iter().map(|s| s.prompt_tokens).sum();
+    // Prefill speed: prompt tokens over the time to the first token (meaningful at 1 client).
+    let ttft_sum: f64 = samples.iter().filter_map(|s| s.ttft).sum();
     let r = serde_json::json!({
         "concurrency": a.concurrency,
         "requests": samples.len(),
@@ -280,6 +399,9 @@ async fn main() -> Result<()> {
         "itl_p99_ms": 1e3 * percentile(&mut itl, 99.0),
         "e2e_p50_ms": 1e3 * percentile(&mut e2e, 50.0),
         "e2e_p99_ms": 1e3 * percentile(&mut e2e, 99.0),
+        "turns": a.turns,
+        "prompt_tokens_mean": prompt_tokens as f64 / samples.len().max(1) as f64,
+        "prefill_tokens_per_s": if ttft_sum > 0.0 { prompt_tokens as f64 / ttft_sum } else { f64::NAN },
     });
     if a.json {
         println!("{r}");
