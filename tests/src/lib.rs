@@ -413,6 +413,16 @@ pub const RULE_COST: &str = "token-fraction:4:130:10:-2";
 /// Runs `safeloop-train <command>` (ppo, ppo-lag, sweep…) on the tiny golden policy with the rule scorers and the
 /// PKU train prompts, writing to `out`, followed by `extra`; returns (success, stdout, stderr).
 pub fn rule_ppo(command: &str, out: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    rule_ppo_with(command, out, [RULE_REWARD, RULE_COST], extra)
+}
+
+/// `rule_ppo` with other rules for the reward and the cost.
+pub fn rule_ppo_with(
+    command: &str,
+    out: &std::path::Path,
+    [reward, cost]: [&str; 2],
+    extra: &[&str],
+) -> (bool, String, String) {
     let (actor, prompts) = (
         golden_dir("llama-gqa"),
         data_file("pku_saferlhf_train.jsonl"),
@@ -422,9 +432,9 @@ pub fn rule_ppo(command: &str, out: &std::path::Path, extra: &[&str]) -> (bool, 
         "--actor",
         path_str(&actor),
         "--reward-model",
-        RULE_REWARD,
+        reward,
         "--cost-model",
-        RULE_COST,
+        cost,
         "--prompts",
         path_str(&prompts),
         "--out",

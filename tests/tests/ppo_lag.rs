@@ -1,22 +1,27 @@
 //! PPO-Lagrangian's defining behaviour, through `safeloop-train ppo-lag` / `ppo` on the tiny golden policy.
 //!
-//! Synthetic conflict: the reward is 10 × the share of response tokens with id in [4, 256); the cost is
-//! 10 × the share with id in [4, 130) − 2 (threshold 0). Raising the reward the easy way (any id below 256) also
-//! raises the cost; the constrained optimum uses ids 130–255. Measured (these settings, 40 iterations, means of
-//! the first vs last 5): PPO-Lag seeds 1/2 reward 4.9 → 9.8/10.0, cost +0.38/+0.30 → −1.93/−1.99, λ peaking
-//! mid-run (~1.5–1.9) and ending near 0.3; plain PPO reward 4.9 → 9.9 with cost +0.35 → +7.6. The assertions keep
-//! wide margins around those.
+//! Synthetic conflict: the reward is 10 × the share of response tokens with id in [4, 256) plus 2 × the share in
+//! [4, 130); the cost is 10 × the share with id in [4, 130) − 2 (threshold 0). Unconstrained, the best policy uses
+//! ids below 130 (reward 12, cost 8); the constrained optimum uses ids 130–255 (reward ~10). (With the reward alone
+//! indifferent between the two ranges, plain PPO's final cost was a coin toss: +7.6 in one build, +0.06 after an
+//! attention-kernel change altered the rollouts' rounding.) Measured (these settings, 40 iterations, means of the
+//! first vs last 5): PPO-Lag seeds 1/2 reward 5.4 → 9.7/10.0, cost +0.41/+0.42 → −1.87/−1.99; plain PPO reward
+//! 5.4 → 11.6 with cost +0.40 → +7.3. The assertions keep wide margins around those.
 
-use safeloop_tests::{fresh_tmp, rule_ppo};
+use safeloop_tests::{fresh_tmp, rule_ppo_with, RULE_COST};
+
+/// `RULE_REWARD` plus a bonus for the ids the cost counts: unconstrained, the best policy is the unsafe one.
+const CONFLICT_REWARD: &str = "token-fraction:4:256:10+token-fraction:4:130:2";
 use serde_json::Value;
 use std::path::PathBuf;
 
 fn run(algo: &str, seed: u64) -> Vec<Value> {
     let out = fresh_tmp(&format!("{algo}-{seed}"));
     let seed_s = seed.to_string();
-    let (ok, stdout, stderr) = rule_ppo(
+    let (ok, stdout, stderr) = rule_ppo_with(
         algo,
         &out,
+        [CONFLICT_REWARD, RULE_COST],
         &[
             "--epochs",
             "100",

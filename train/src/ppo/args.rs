@@ -83,7 +83,7 @@ pub struct PpoArgs {
     /// The actor (HF directory; `convert` makes one from a GGUF). The frozen reference is a copy.
     #[arg(long)]
     pub actor: PathBuf,
-    /// Reward: a score-model directory or a rule `token-fraction:LO:HI[:SCALE[:OFFSET]]`.
+    /// Reward: a score-model directory or a rule `token-fraction:LO:HI[:SCALE[:OFFSET]]` (rules joined by `+` add up).
     #[arg(long)]
     pub reward_model: String,
     /// Cost (ppo-lag, reward shaping): a score-model directory or a rule.

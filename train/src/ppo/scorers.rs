@@ -49,6 +49,7 @@ impl EpisodeScorer for ModelScorer {
 }
 
 /// `token-fraction:LO:HI[:SCALE[:OFFSET]]`: SCALE × (share of response tokens with id in [LO, HI)) + OFFSET.
+/// Several joined by `+` score their sum (`RuleSum`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenFraction {
     pub lo: u32,
@@ -104,9 +105,42 @@ impl EpisodeScorer for TokenFraction {
     }
 }
 
-/// A directory is a score model; `token-fraction:…` is a rule.
+/// Rules joined by `+`: the sum of their scores (e.g. a reward that pays for two token ranges at
+/// different rates).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSum(pub Vec<TokenFraction>);
+
+impl RuleSum {
+    pub fn parse(spec: &str) -> Result<Self> {
+        Ok(Self(
+            spec.split('+')
+                .map(|p| TokenFraction::parse(p.trim()))
+                .collect::<Result<_>>()?,
+        ))
+    }
+}
+
+impl EpisodeScorer for RuleSum {
+    fn score(&self, prompts: &[Vec<ChatMessage>], episodes: &[Generated]) -> Result<Vec<f64>> {
+        let mut total = vec![0.0; episodes.len()];
+        for rule in &self.0 {
+            for (t, s) in total.iter_mut().zip(rule.score(prompts, episodes)?) {
+                *t += s;
+            }
+        }
+        Ok(total)
+    }
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self.0.iter().map(|r| r.describe()).collect();
+        parts.join("+")
+    }
+}
+
+/// A directory is a score model; `token-fraction:…` is a rule, and rules joined by `+` add up.
 pub fn load(spec: &str, format: ScoreFormat) -> Result<Box<dyn EpisodeScorer>> {
-    if spec.starts_with("token-fraction:") {
+    if spec.starts_with("token-fraction:") && spec.contains('+') {
+        Ok(Box::new(RuleSum::parse(spec)?))
+    } else if spec.starts_with("token-fraction:") {
         Ok(Box::new(TokenFraction::parse(spec)?))
     } else {
         Ok(Box::new(ModelScorer::load(Path::new(spec), format)?))

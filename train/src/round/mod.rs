@@ -131,7 +131,7 @@ pub fn check(args: &RoundArgs) -> Value {
     for (flag, spec) in sources {
         let Some(spec) = spec else { continue };
         let ok = match ScoreSource::parse(spec) {
-            Ok(ScoreSource::Rule(r)) => scorers::TokenFraction::parse(&r).map(|_| ()),
+            Ok(ScoreSource::Rule(r)) => scorers::RuleSum::parse(&r).map(|_| ()),
             Ok(ScoreSource::Dir(d)) if d.join("config.json").is_file() => Ok(()),
             Ok(ScoreSource::Dir(d)) => Err(anyhow::anyhow!(
                 "{} is not a score-model directory",
