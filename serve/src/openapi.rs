@@ -274,7 +274,7 @@ fn chat_request(doc: &mut Value, limits: &Limits) {
         "/v1/chat/completions",
         "Cross-field rules (400, code `conflicting_parameters`): `top_logprobs` > 0 needs \
          `logprobs: true`; `min_tokens` ≤ `max_tokens`. The rendered prompt plus `max_tokens` \
-         must fit the context (400, code `context_length_exceeded`).",
+         (or, without it, `min_tokens`) must fit the context (400, code `context_length_exceeded`).",
     );
 }
 

@@ -441,6 +441,19 @@ pub fn check_lengths(
                 ));
             }
             params.max_tokens = Some(room);
+            // Without max_tokens the completion may use the room the prompt leaves: min_tokens
+            // must fit in it.
+            if params.min_tokens > room {
+                let mut e = ApiError::bad_request(
+                    "min_tokens",
+                    format!(
+                        "min_tokens ({}) exceeds the {room} tokens the prompt ({prompt_len} tokens) leaves of the limit of {max_total}",
+                        params.min_tokens
+                    ),
+                );
+                e.code = Some("context_length_exceeded");
+                return Err(e);
+            }
         }
     }
     Ok(())

@@ -492,6 +492,14 @@ fn every_error_code_is_an_openai_error_object() {
     );
     assert_eq!(st, 400, "{v}");
     assert_eq!(v["error"]["code"], "context_length_exceeded");
+    // Without max_tokens, min_tokens must fit in what the prompt leaves of the context.
+    let (st, v) = send(
+        json!({"model": MODEL, "messages": hi, "min_tokens": 250}),
+        key,
+    );
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    assert_eq!(v["error"]["param"], "min_tokens", "{v}");
     // Broken JSON.
     let r = c
         .post(s.url("/v1/completions"))
