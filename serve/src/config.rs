@@ -227,6 +227,8 @@ pub struct ServeConfig {
     pub log_fail_closed: bool,
     pub log_redact: bool,
     pub cost_model: Option<ModelSource>,
+    /// `--gate-threshold` as given: it overrides the cost model's calibrated threshold.
+    pub gate_threshold: Option<f32>,
     pub reward_model: Option<ModelSource>,
     pub registry_poll: std::time::Duration,
     pub registry_cache: PathBuf,
@@ -347,6 +349,7 @@ impl ServeConfig {
             cost_model: pick!(cost_model)
                 .map(|p| ModelSource::parse("cost-model", p))
                 .transpose()?,
+            gate_threshold: pick!(gate_threshold),
             registry_poll: std::time::Duration::from_secs_f64(poll),
             registry_cache,
             allow_tokenizer_change: pick!(allow_tokenizer_change).unwrap_or(false),

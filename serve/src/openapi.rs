@@ -68,7 +68,7 @@ impl Limits {
             max_n: st.cfg.max_n,
             max_total_tokens: context.map(|c| st.cfg.max_total_tokens.map_or(c, |m| m.min(c))),
             vocab: policy.as_ref().map(|p| p.engine.tokenizer.vocab_size()),
-            gate_threshold: st.cfg.gate.threshold,
+            gate_threshold: st.gate_policy().threshold,
             gate_actions: st.cfg.gate.action.at_least(),
             api_key: st.cfg.api_key.is_some(),
             admin: st.cfg.admin_key.is_some(),

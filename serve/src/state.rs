@@ -117,6 +117,14 @@ impl AppState {
             .and_then(|p| p.engine.failure())
     }
 
+    /// The server's gate policy with the threshold in force: `--gate-threshold` if given, else the serving cost
+    /// model's calibrated threshold, else 0.
+    pub fn gate_policy(&self) -> crate::gate::GatePolicy {
+        let mut p = self.cfg.gate.clone();
+        p.threshold = self.safety.read().expect("safety lock").threshold;
+        p
+    }
+
     /// Whether the policy and the score models have their first versions.
     pub fn is_loaded(&self) -> bool {
         self.ready.load(Ordering::Acquire)

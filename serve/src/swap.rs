@@ -228,6 +228,8 @@ enum Prepared {
     Score {
         version: String,
         handle: ScorerHandle,
+        /// The gate threshold `safeloop-train calibrate` wrote into the model's config.json.
+        calibrated: Option<f32>,
     },
 }
 
@@ -418,6 +420,14 @@ fn prepare(
         Role::Cost | Role::Reward => {
             let handle = ScorerHandle::start(&path, slot.role.as_str(), st.cfg.score_format)
                 .map_err(|e| format!("{e:#}"))?;
+            let calibrated = if path.is_dir() {
+                safeloop_shared::calibration::Calibration::read(&path)?.map(|c| c.threshold)
+            } else {
+                None
+            };
+            if let Some(t) = calibrated.filter(|t| !t.is_finite()) {
+                return Err(format!("the calibrated gate threshold is not finite: {t}"));
+            }
             observe(st, slot.role, "load", t);
             slot.set_phase(Phase::Validating, Some(version));
             let t = Instant::now();
@@ -433,6 +443,7 @@ fn prepare(
             Ok(Prepared::Score {
                 version: version.to_string(),
                 handle,
+                calibrated,
             })
         }
     }
@@ -502,9 +513,21 @@ fn install(st: &AppState, slot: &Slot, prepared: Prepared) -> Option<String> {
             }
             old.map(|o| o.version.clone())
         }
-        Prepared::Score { version, handle } => {
+        Prepared::Score {
+            version,
+            handle,
+            calibrated,
+        } => {
             let mut s = st.safety.write().expect("safety lock");
             if slot.role == Role::Cost {
+                // An explicit --gate-threshold wins; else the version's calibrated threshold, else 0.
+                s.threshold = st.cfg.gate_threshold.or(calibrated).unwrap_or(0.0);
+                tracing::info!(
+                    threshold = s.threshold,
+                    calibrated = ?calibrated,
+                    explicit = ?st.cfg.gate_threshold,
+                    "gate threshold for cost model {version}"
+                );
                 s.cost = Some(handle);
                 s.cost_version.replace(version)
             } else {

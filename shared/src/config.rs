@@ -50,7 +50,56 @@ pub enum Head {
         bias: bool,
         /// `reward`, `cost` or `critic` as written in the config (informational).
         score_type: Option<String>,
+        /// How a sequence's score comes from the per-token scores (`score_pooling`; default `end`).
+        pooling: ScorePooling,
     },
+}
+
+/// How a score model turns per-token scores into the sequence's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScorePooling {
+    /// The score at the last token (safe-rlhf's `end_scores`).
+    #[default]
+    End,
+    /// The mean of the per-token scores over the whole sequence (prompt and response). The head is linear, so
+    /// this is the head applied to the mean hidden state.
+    Mean,
+}
+
+impl ScorePooling {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "end" => Some(Self::End),
+            "mean" => Some(Self::Mean),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::End => "end",
+            Self::Mean => "mean",
+        }
+    }
+
+    /// The sequence score from per-token scores `[len][dim]`.
+    pub fn pool(self, per_token: &[Vec<f32>]) -> Vec<f32> {
+        match self {
+            Self::End => per_token.last().cloned().unwrap_or_default(),
+            Self::Mean => {
+                let dim = per_token.first().map_or(0, Vec::len);
+                let mut acc = vec![0f64; dim];
+                for row in per_token {
+                    for (a, x) in acc.iter_mut().zip(row) {
+                        *a += *x as f64;
+                    }
+                }
+                let n = per_token.len().max(1) as f64;
+                acc.into_iter().map(|a| (a / n) as f32).collect()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -233,10 +282,17 @@ impl ModelConfig {
                     "score normalisation is not supported; export the model with do_normalize=false",
                 ));
             }
+            let pooling = match f.opt_str("score_pooling")? {
+                None => ScorePooling::End,
+                Some(p) => ScorePooling::parse(&p).ok_or_else(|| {
+                    Error::config(file, "score_pooling", &format!("`{p}` is not end or mean"))
+                })?,
+            };
             Head::Score {
                 score_dim,
                 bias,
                 score_type: f.opt_str("score_type")?,
+                pooling,
             }
         } else {
             Head::CausalLm

@@ -2,6 +2,7 @@
 //! (HF safetensors + tokenizer + chat template, GGUF), the candle model, score models.
 
 pub mod assets;
+pub mod calibration;
 pub mod chat_template;
 pub mod config;
 pub mod engine;

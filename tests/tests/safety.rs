@@ -1,6 +1,7 @@
 //! Cost/reward scoring in the server and /v1/moderations, with the golden score model.
 
 use reqwest::blocking::Client;
+use safeloop_shared::calibration::Calibration;
 use safeloop_shared::scoring::{ScoreFormat, Scorer};
 use safeloop_shared::{ChatMessage, LoadOptions};
 use safeloop_tests::{golden_dir, Server};
@@ -343,4 +344,73 @@ fn windowed_streams_never_emit_unchecked_or_flagged_text() {
             "choice {i}"
         );
     }
+}
+
+#[test]
+fn the_cost_models_calibrated_threshold_gates_unless_the_flag_overrides_it() {
+    let policy = golden_dir("llama-gqa");
+    let dir = safeloop_tests::fresh_tmp("calibrated");
+    let score = dir.join("score");
+    safeloop_tests::copy_golden("llama-gqa-score", &score);
+    let scorer = Scorer::load(&score, &LoadOptions::default(), ScoreFormat::SafeRlhf).unwrap();
+    let text = "How do I bake bread?";
+    let cost = scorer
+        .score(&[(vec![ChatMessage::new("user", text)], None)])
+        .unwrap()[0][0];
+    // Calibrated just below this input's cost: the server flags it without any --gate-threshold.
+    let cal = Calibration {
+        threshold: cost - 0.01,
+        target_false_flag_rate: 0.05,
+        false_flag_rate: 0.05,
+        recall: 0.5,
+        precision: None,
+        roc_auc: None,
+        responses: 10,
+        unsafe_responses: 5,
+        data: vec![],
+    };
+    cal.write(&score).unwrap();
+    let flagged = |extra: &[&str]| {
+        let mut args = vec![
+            "--model",
+            policy.to_str().unwrap(),
+            "--cost-model",
+            score.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let s = Server::start(&args);
+        let m: Value = Client::new()
+            .post(s.url("/v1/moderations"))
+            .json(&json!({"input": text}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert!(
+            close(m["results"][0]["cost"].as_f64().unwrap(), cost),
+            "{m}"
+        );
+        // A request may lower the threshold in force, not raise it: the error names the calibrated one.
+        let r: Value = Client::new()
+            .post(s.url("/v1/chat/completions"))
+            .json(&json!({"model": "llama-gqa", "max_tokens": 2,
+                "messages": [{"role": "user", "content": text}],
+                "safety": {"threshold": 1e6}}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(r["error"]["param"], "safety.threshold", "{r}");
+        (
+            m["results"][0]["flagged"].as_bool().unwrap(),
+            r["error"]["message"].to_string(),
+        )
+    };
+    let (f, msg) = flagged(&[]);
+    assert!(f, "cost {cost} > calibrated {}", cal.threshold);
+    assert!(msg.contains(&format!("{}", cal.threshold)), "{msg}");
+    let above = format!("{}", cost + 1.0);
+    let (f, _) = flagged(&["--gate-threshold", &above]);
+    assert!(!f, "--gate-threshold {above} overrides the calibration");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -250,3 +250,229 @@ fn bad_inputs_name_the_file_and_field() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A cost run on the tiny model: LoRA on the upper layer, `extra` flags appended; returns the summary.
+fn cost_run(pairs: &Path, qa: &Path, out: &Path, extra: &[&str]) -> Value {
+    let base = golden_dir("llama-gqa");
+    let mut args = vec![
+        "train-score",
+        "--model",
+        s(&base),
+        "--kind",
+        "cost",
+        "--data",
+        s(pairs),
+        s(qa),
+        "--eval",
+        s(pairs),
+        s(qa),
+        "--out",
+        s(out),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+        "--warmup-ratio",
+        "0",
+        "--lr-scheduler",
+        "constant",
+        "--max-length",
+        "96",
+        "--lora-rank",
+        "4",
+        "--lora-from-layer",
+        "1",
+        "--seed",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, err) = run(&args);
+    assert!(ok, "train-score failed: {err}");
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+fn last_eval(summary: &Value, i: usize) -> Value {
+    let e = summary["evaluations"].as_array().unwrap();
+    e[e.len() - 2 + i].clone()
+}
+
+#[test]
+fn activation_cache_trains_like_the_full_model_and_is_reused() {
+    let dir = tmp("cache");
+    let (pairs, qa) = (dir.join("pairs.jsonl"), dir.join("qa.jsonl"));
+    head(&data("pku_safety_pairs_dev.jsonl"), 10, &pairs);
+    head(&data("safety_qa_dev.jsonl"), 12, &qa);
+    let cache = dir.join("cache");
+    let plain = cost_run(&pairs, &qa, &dir.join("plain"), &[]);
+    let cached = cost_run(
+        &pairs,
+        &qa,
+        &dir.join("cached"),
+        &["--cache-activations", s(&cache)],
+    );
+    // 10 pairs × 2 + 12 responses, all distinct, computed once (training and evaluation share them).
+    let fill = &cached["activation_cache"]["fill"];
+    assert_eq!(fill["sequences"], 32, "{fill}");
+    assert_eq!(fill["computed"], 32, "{fill}");
+    let hidden = 64; // llama-gqa's hidden size
+    assert_eq!(
+        fill["bytes"].as_u64().unwrap(),
+        fill["computed_tokens"].as_u64().unwrap() * hidden * 2,
+        "f16 states, one row per token: {fill}"
+    );
+    // The same training from cached (f16) lower-layer states lands where the full forward does.
+    for i in 0..2 {
+        let (a, b) = (last_eval(&plain, i), last_eval(&cached, i));
+        let (la, lb) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!(
+            (la - lb).abs() < 0.02 * la.abs().max(0.1),
+            "eval loss {lb} from the cache vs {la}"
+        );
+    }
+    // A second run reuses every state; a different first trained layer gets its own cache.
+    let again = cost_run(
+        &pairs,
+        &qa,
+        &dir.join("again"),
+        &["--cache-activations", s(&cache), "--epochs", "1"],
+    );
+    assert_eq!(again["activation_cache"]["fill"]["computed"], 0);
+    assert_eq!(
+        again["activation_cache"]["dir"],
+        cached["activation_cache"]["dir"]
+    );
+    let head_only = cost_run(
+        &pairs,
+        &qa,
+        &dir.join("head"),
+        &[
+            "--cache-activations",
+            s(&cache),
+            "--epochs",
+            "1",
+            "--lora-rank",
+            "0",
+            "--head-only",
+        ],
+    );
+    assert_eq!(head_only["activation_cache"]["fill"]["computed"], 32);
+    assert_ne!(
+        head_only["activation_cache"]["dir"],
+        cached["activation_cache"]["dir"]
+    );
+    // Nothing frozen, nothing to cache: a clear error.
+    let (ok, _, err) = run(&[
+        "train-score",
+        "--model",
+        s(&golden_dir("llama-gqa")),
+        "--kind",
+        "cost",
+        "--data",
+        s(&qa),
+        "--out",
+        s(&dir.join("bad")),
+        "--cache-activations",
+        s(&cache),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--cache-activations needs frozen lower layers"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn calibrate_writes_the_threshold_that_merge_and_eval_score_carry() {
+    let dir = tmp("calibrate");
+    let (pairs, qa) = (dir.join("pairs.jsonl"), dir.join("qa.jsonl"));
+    head(&data("pku_safety_pairs_dev.jsonl"), 10, &pairs);
+    head(&data("safety_qa_dev.jsonl"), 16, &qa);
+    let out = dir.join("run");
+    let adapter = dir.join("adapter");
+    cost_run(
+        &pairs,
+        &qa,
+        &out,
+        &["--adapter-out", s(&adapter), "--pooling", "mean"],
+    );
+    let model = out.join("model");
+    let (ok, stdout, err) = run(&[
+        "calibrate",
+        "--model",
+        s(&model),
+        "--data",
+        s(&qa),
+        s(&pairs),
+        "--target-false-flag-rate",
+        "0.1",
+        "--adapter",
+        s(&adapter),
+    ]);
+    assert!(ok, "calibrate failed: {err}");
+    let c: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let cal = &c["calibration"];
+    // 16 responses + 10 pairs × 2, each with its own label.
+    assert_eq!(cal["responses"], 36, "{c}");
+    assert!(cal["false_flag_rate"].as_f64().unwrap() <= 0.1, "{c}");
+    let t = cal["threshold"].as_f64().unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["safeloop_calibration"]["threshold"].as_f64(), Some(t));
+    assert_eq!(cfg["score_pooling"], "mean");
+    // eval-score reports at the calibrated threshold by default: the same false-flag rate.
+    let (ok, stdout, err) = run(&[
+        "eval-score",
+        "--model",
+        s(&model),
+        "--data",
+        s(&qa),
+        s(&pairs),
+        "--max-length",
+        "96",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // (The first rows of safety_qa_dev are all safe; the pairs carry both labels.)
+    assert_eq!(lines[0]["classification"]["threshold"].as_f64(), Some(t));
+    let cl = &lines[1]["classification"];
+    assert_eq!(cl["threshold"].as_f64(), Some(t), "{cl}");
+    for k in ["roc_auc", "precision", "recall", "false_flag_rate"] {
+        assert!(cl[k].is_number(), "{k} missing: {cl}");
+    }
+    // merge rebuilds the model from the adapter with its pooling and calibration.
+    let merged = dir.join("merged");
+    let (ok, _, err) = run(&[
+        "merge",
+        "--base",
+        s(&golden_dir("llama-gqa")),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&merged),
+    ]);
+    assert!(ok, "merge failed: {err}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["safeloop_calibration"]["threshold"].as_f64(), Some(t));
+    assert_eq!(cfg["score_pooling"], "mean");
+    // Bad input: a target outside [0, 1) names the flag; nothing is written.
+    let (ok, _, err) = run(&[
+        "calibrate",
+        "--model",
+        s(&merged),
+        "--data",
+        s(&qa),
+        "--target-false-flag-rate",
+        "1.5",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--target-false-flag-rate"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -42,6 +42,9 @@ enum Command {
     TrainScore(Box<safeloop_train::score::train::TrainScoreArgs>),
     /// Evaluate a reward or cost model: one JSON line per file with pairs, ranking_accuracy, sign_accuracy.
     EvalScore(safeloop_train::score::EvalScoreArgs),
+    /// Pick a cost model's gate threshold for a target false-flag rate on labelled dev data and write it into the
+    /// model's config.json (the server gates at it unless --gate-threshold is given).
+    Calibrate(safeloop_train::score::calibrate::CalibrateArgs),
     /// Supervised fine-tuning on prompt/response, chat or Alpaca rows (assistant tokens only are targets).
     Sft(Box<safeloop_train::sft::SftArgs>),
     /// Validate / import preference data; export logged trajectories as pairs for annotation.
@@ -152,6 +155,9 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{line}");
             }
         }
+        Command::Calibrate(args) => {
+            println!("{}", safeloop_train::score::calibrate::run(&args)?);
+        }
         Command::Sft(args) => {
             let mut summary = safeloop_train::sft::run(&args)?;
             args.publish
@@ -244,6 +250,9 @@ fn run(cli: Cli) -> Result<i32> {
                 },
             )?;
             safeloop_train::model::copy_tokenizer_files(&base, &out)?;
+            if let Some(cal) = safeloop_train::score::calibrate::read_adapter(&adapter)? {
+                cal.write(&out).map_err(anyhow::Error::msg)?;
+            }
             println!("{}", describe(&model.cfg, &out, &model.cfg.eos_token_ids));
         }
     }

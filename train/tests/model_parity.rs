@@ -1,6 +1,7 @@
 //! The tch model against transformers (the golden folders, within 1e-4) and against the candle model on the same
 //! directory; and a checkpoint written by the trainer served by candle with the same logits.
 
+use safeloop_shared::config::ScorePooling;
 use safeloop_shared::model::{OutputRows, SeqInput};
 use safeloop_shared::{load_causal_lm, load_score_model, LoadOptions};
 use safeloop_train::model::{
@@ -274,4 +275,84 @@ fn lora_adapters_are_folded_into_the_saved_weights() {
     let d = max_diff(&ours, &tch::no_grad(|| rebuilt.forward(&batch)).get(0));
     assert!(d < TOL, "base + adapter differs by {d}");
     std::fs::remove_dir_all(&tmp).ok();
+}
+
+#[test]
+fn mean_pooled_scores_match_between_trainer_and_candle() {
+    let tmp = std::env::temp_dir().join(format!("safeloop-pool-{}", std::process::id()));
+    let mut model = Model::load(
+        &golden_dir("llama-gqa"),
+        Some(HeadKind::Score {
+            score_dim: 1,
+            bias: true,
+        }),
+        Device::Cpu,
+    )
+    .unwrap();
+    model.set_pooling(ScorePooling::Mean);
+    save_hf_dir(
+        &model,
+        &tmp,
+        &SaveOptions {
+            score_type: Some("cost".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    copy_tokenizer_files(&golden_dir("llama-gqa"), &tmp).unwrap();
+    let g = golden_json("llama-gqa");
+    let rows: Vec<Vec<i64>> = (0..2).map(|i| ids(&g["input_ids"][i])).collect();
+    let short: Vec<i64> = rows[1][..rows[1].len() / 2].to_vec();
+    let rows = vec![rows[0].clone(), short];
+    // Right-padded batch of two lengths: the mean covers real tokens only.
+    let batch = Batch::pad(&rows, 3, false, Device::Cpu);
+    let (per_token, ours) = tch::no_grad(|| model.end_scores(&batch));
+    let c = load_score_model(&tmp, &LoadOptions::default()).unwrap();
+    let seqs: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&t| t as u32).collect())
+        .collect();
+    let theirs = c.model.score(&seqs).unwrap();
+    for (b, r) in rows.iter().enumerate() {
+        let want = per_token
+            .get(b as i64)
+            .narrow(0, 0, r.len() as i64)
+            .mean(Kind::Double)
+            .double_value(&[]);
+        let got = ours.double_value(&[b as i64]);
+        assert!(
+            (got - want).abs() < 1e-5,
+            "row {b}: pooled {got} vs mean {want}"
+        );
+        let d = (got - theirs[b].end[0] as f64).abs();
+        assert!(
+            d < TOL,
+            "row {b}: candle's mean-pooled score differs by {d}"
+        );
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["score_pooling"], "mean");
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+#[test]
+fn lower_and_upper_halves_compose_to_the_whole_model() {
+    let mut model = Model::load(&golden_dir("llama-gqa-score"), None, Device::Cpu).unwrap();
+    model.freeze_lower_layers(1);
+    let g = golden_json("llama-gqa-score");
+    let rows: Vec<Vec<i64>> = (0..2).map(|i| ids(&g["input_ids"][i])).collect();
+    let batch = Batch::pad(&rows, 3, false, Device::Cpu);
+    let (_, whole) = tch::no_grad(|| model.end_scores(&batch));
+    let lower = model.lower_hidden(&batch);
+    // Through f16, as the activation cache stores it.
+    let lower16 = lower.to_kind(Kind::Half).to_kind(Kind::Float);
+    let (_, split) = tch::no_grad(|| model.end_scores_upper(&lower, &batch.mask));
+    let (_, split16) = tch::no_grad(|| model.end_scores_upper(&lower16, &batch.mask));
+    assert!(max_diff(&whole, &split) < 1e-6, "lower + upper ≠ whole");
+    assert!(
+        max_diff(&whole, &split16) < 1e-2,
+        "f16 states move the score by {}",
+        max_diff(&whole, &split16)
+    );
 }

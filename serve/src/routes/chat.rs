@@ -102,7 +102,7 @@ async fn handle(
         engine.max_context,
         "messages",
     )?;
-    let policy = st.cfg.gate.narrowed(req.safety.as_ref())?;
+    let policy = st.gate_policy().narrowed(req.safety.as_ref())?;
     let n = s.n as usize;
     let wire = ChatWire {
         chunks: ChatChunks {

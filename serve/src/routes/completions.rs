@@ -131,7 +131,7 @@ async fn handle(
             jobs.push((p.clone(), seeded(&pp, i)));
         }
     }
-    let policy = st.cfg.gate.narrowed(req.safety.as_ref())?;
+    let policy = st.gate_policy().narrowed(req.safety.as_ref())?;
     let (n, total) = (s.n as usize, jobs.len());
     let wire = CompletionWire {
         head: CompletionHead {

@@ -15,7 +15,7 @@ mod load;
 pub use cache::{KvCache, KvDtype};
 pub use load::WeightSource;
 
-use crate::config::{Head, ModelConfig};
+use crate::config::{Head, ModelConfig, ScorePooling};
 use crate::error::{Error, Result};
 use crate::rope::RopeTables;
 use candle_core::{DType, Device, Tensor};
@@ -452,7 +452,7 @@ impl CausalLm {
 pub struct ScoreOutput {
     /// `[len][score_dim]`
     pub per_token: Vec<Vec<f32>>,
-    /// Scores at the last (non-pad) token.
+    /// The sequence's score: at the last (non-pad) token, or pooled as the model's `score_pooling` says.
     pub end: Vec<f32>,
 }
 
@@ -461,12 +461,16 @@ pub struct ScoreModel {
     backbone: Backbone,
     head: Linear,
     score_dim: usize,
+    pooling: ScorePooling,
 }
 
 impl ScoreModel {
     pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, host_kernels: bool) -> Result<Self> {
         let Head::Score {
-            score_dim, bias, ..
+            score_dim,
+            bias,
+            pooling,
+            ..
         } = cfg.head
         else {
             return Err(Error::invalid(
@@ -480,6 +484,7 @@ impl ScoreModel {
             backbone,
             head,
             score_dim,
+            pooling,
         })
     }
 
@@ -511,7 +516,7 @@ impl ScoreModel {
         out.into_iter()
             .map(|t| {
                 let per_token = t.expect("asked for all rows").to_vec2::<f32>()?;
-                let end = per_token.last().cloned().unwrap_or_default();
+                let end = self.pooling.pool(&per_token);
                 Ok(ScoreOutput { per_token, end })
             })
             .collect()
@@ -548,9 +553,14 @@ impl ScoreModel {
             .zip(mask)
             .map(|(t, m)| {
                 let per_token = t.expect("asked for all rows").to_vec2::<f32>()?;
-                let end_idx = m.iter().rposition(|&x| x).expect("checked above");
+                let real: Vec<Vec<f32>> = per_token
+                    .iter()
+                    .zip(m)
+                    .filter(|(_, &x)| x)
+                    .map(|(r, _)| r.clone())
+                    .collect();
                 Ok(ScoreOutput {
-                    end: per_token[end_idx].clone(),
+                    end: self.pooling.pool(&real),
                     per_token,
                 })
             })

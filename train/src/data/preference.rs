@@ -59,6 +59,16 @@ pub struct ScoreData {
     pub dropped_identical: usize,
 }
 
+impl ScoreData {
+    /// Every token sequence: both responses of each pair, then the single responses.
+    pub fn sequences(&self) -> impl Iterator<Item = &[i64]> {
+        self.pairs
+            .iter()
+            .flat_map(|p| [p.higher.as_slice(), p.lower.as_slice()])
+            .chain(self.singles.iter().map(|s| s.ids.as_slice()))
+    }
+}
+
 /// Tokenisation settings.
 pub struct Encoder<'a> {
     pub tokenizer: &'a Tokenizer,
@@ -155,15 +165,25 @@ fn load_file(kind: ScoreKind, file: &Path, enc: &Encoder, data: &mut ScoreData) 
                     data.dropped_no_preference += 1;
                     continue;
                 };
-                if row.conflicting_safety() {
-                    data.dropped_conflicting_labels += 1;
-                    continue;
-                }
                 let m = user(&row.prompt);
                 let (r0, r1) = (
                     enc.encode(&m, &row.response_0)?,
                     enc.encode(&m, &row.response_1)?,
                 );
+                if row.conflicting_safety() {
+                    // The ranking contradicts the labels (the safer response unsafe, the other safe): the pair
+                    // is dropped, each response's own safety label still trains the sign term.
+                    data.dropped_conflicting_labels += 1;
+                    data.singles.push(Single {
+                        ids: r0,
+                        is_safe: s0,
+                    });
+                    data.singles.push(Single {
+                        ids: r1,
+                        is_safe: s1,
+                    });
+                    continue;
+                }
                 let p = if safer == 0 {
                     Pair {
                         higher: r1,

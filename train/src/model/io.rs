@@ -4,7 +4,7 @@
 
 use super::Model;
 use anyhow::{bail, Context, Result};
-use safeloop_shared::config::{Family, Head, ModelConfig, RopeScaling};
+use safeloop_shared::config::{Family, Head, ModelConfig, RopeScaling, ScorePooling};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -153,6 +153,7 @@ pub fn config_json(cfg: &ModelConfig, head: &Head, kind: Kind) -> Value {
             score_dim,
             bias,
             score_type,
+            pooling,
         } => {
             obj.insert(
                 "architectures".into(),
@@ -162,6 +163,7 @@ pub fn config_json(cfg: &ModelConfig, head: &Head, kind: Kind) -> Value {
             obj.insert("score_bias".into(), json!(bias));
             obj.insert("bias".into(), json!(bias));
             obj.insert("score_type".into(), json!(score_type));
+            obj.insert("score_pooling".into(), json!(pooling.as_str()));
             obj.insert("do_normalize".into(), json!(false));
             obj.insert("normalizer_type".into(), Value::Null);
         }
@@ -352,16 +354,20 @@ pub fn save_adapter(model: &Model, dir: &Path, kind: Kind, meta: Value) -> Resul
     {
         *score_type = Some(t.to_string());
     }
-    let (score_dim, bias) = match head {
+    let (score_dim, bias, pooling) = match head {
         Head::Score {
-            score_dim, bias, ..
-        } => (Some(score_dim), Some(bias)),
-        Head::CausalLm => (None, None),
+            score_dim,
+            bias,
+            pooling,
+            ..
+        } => (Some(score_dim), Some(bias), Some(pooling)),
+        Head::CausalLm => (None, None, None),
     };
     let info = json!({
         "lora": model.lora,
         "score_dim": score_dim,
         "score_bias": bias,
+        "score_pooling": pooling,
         "tensors": tensors.len(),
         "meta": meta,
     });
@@ -391,6 +397,14 @@ pub fn load_adapter(base: &Path, adapter: &Path, device: tch::Device) -> Result<
         if let Head::Score { score_type: st, .. } = &mut model.cfg.head {
             *st = Some(score_type.to_string());
         }
+    }
+    if let Some(p) = info["score_pooling"].as_str() {
+        model.set_pooling(ScorePooling::parse(p).with_context(|| {
+            format!(
+                "{}: score_pooling `{p}` is not end or mean",
+                adapter.join("adapter.json").display()
+            )
+        })?);
     }
     if !info["lora"].is_null() {
         let lora: super::LoraConfig =

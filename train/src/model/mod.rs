@@ -25,7 +25,7 @@ pub struct LoraConfig {
 
 use anyhow::{bail, Context, Result};
 use layers::{Attention, Embedding, Mlp, RmsNorm};
-use safeloop_shared::config::{Head, ModelConfig};
+use safeloop_shared::config::{Head, ModelConfig, ScorePooling};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -103,9 +103,7 @@ impl Batch {
 
     /// Index of the last real token of each row (`[B]`, i64), for left or right padding.
     pub fn end_index(&self) -> Tensor {
-        let l = self.mask.size()[1];
-        let ar = Tensor::arange(l, (Kind::Int64, self.mask.device()));
-        (&self.mask * ar).argmax(1, false)
+        end_index_of(&self.mask)
     }
 }
 
@@ -166,13 +164,19 @@ impl Model {
                 }
             }
             HeadKind::Score { score_dim, bias } => {
+                let (score_type, pooling) = match &cfg.head {
+                    Head::Score {
+                        score_type,
+                        pooling,
+                        ..
+                    } => (score_type.clone(), *pooling),
+                    Head::CausalLm => (None, ScorePooling::End),
+                };
                 cfg.head = Head::Score {
                     score_dim,
                     bias,
-                    score_type: match &cfg.head {
-                        Head::Score { score_type, .. } => score_type.clone(),
-                        Head::CausalLm => None,
-                    },
+                    score_type,
+                    pooling,
                 };
                 OutputHead::Score(nn::linear(
                     &root / "score_head",
@@ -337,26 +341,75 @@ impl Model {
     /// Final hidden states `[B, L, H]` (after the last norm). Position ids follow the mask
     /// (`clamp(cumsum(mask) − 1, 0)`), so left-padded rows see the positions they would alone.
     pub fn hidden(&self, batch: &Batch) -> Tensor {
-        let positions = (batch.mask.cumsum(1, Kind::Int64) - 1).clamp_min(0);
-        self.hidden_at(&batch.ids, &batch.mask, &positions)
+        self.hidden_at(&batch.ids, &batch.mask, &mask_positions(&batch.mask))
     }
 
     /// Final hidden states with explicit positions.
     pub fn hidden_at(&self, ids: &Tensor, mask: &Tensor, positions: &Tensor) -> Tensor {
+        let x = self.lower_hidden_at(ids, mask, positions);
+        self.upper_hidden_at(&x, mask, positions)
+    }
+
+    /// The element kind of the parameters (f32 for training on CPU).
+    pub fn param_kind(&self) -> Kind {
+        self.embed.weight.kind()
+    }
+
+    /// Number of lower layers that run frozen (without autograd): the first trained layer's index.
+    pub fn frozen_layers(&self) -> usize {
+        self.frozen_layers
+    }
+
+    /// Hidden states entering the first trained layer (`[B, L, H]`, without autograd): the embedding and the
+    /// frozen lower layers — what an activation cache stores. With every layer frozen (head-only) this is the
+    /// last layer's output before the final norm.
+    pub fn lower_hidden(&self, batch: &Batch) -> Tensor {
+        let positions = mask_positions(&batch.mask);
+        self.lower_hidden_at(&batch.ids, &batch.mask, &positions)
+    }
+
+    /// Final hidden states from the output of [`Model::lower_hidden`]: the trained layers and the final norm.
+    pub fn upper_hidden(&self, lower: &Tensor, mask: &Tensor) -> Tensor {
+        let positions = mask_positions(mask);
+        self.upper_hidden_at(lower, mask, &positions)
+    }
+
+    fn lower_hidden_at(&self, ids: &Tensor, mask: &Tensor, positions: &Tensor) -> Tensor {
+        let _g = (self.frozen_layers > 0).then(tch::no_grad_guard);
+        let x = self.embed.forward(ids);
+        self.run_layers(x, 0..self.frozen_layers, mask, positions)
+    }
+
+    fn upper_hidden_at(&self, x: &Tensor, mask: &Tensor, positions: &Tensor) -> Tensor {
+        let x = self.run_layers(
+            x.shallow_clone(),
+            self.frozen_layers..self.layers.len(),
+            mask,
+            positions,
+        );
+        self.norm.forward(&x)
+    }
+
+    fn run_layers(
+        &self,
+        mut x: Tensor,
+        range: std::ops::Range<usize>,
+        mask: &Tensor,
+        positions: &Tensor,
+    ) -> Tensor {
+        if range.is_empty() {
+            return x;
+        }
         let rope = rope_cos_sin(&self.inv_freq, positions);
         // Padded batches need the explicit mask; unpadded ones run plain causal attention.
         let padded = mask.min().int64_value(&[]) == 0;
         let attn_mask = padded.then(|| layers::attention_mask(mask));
-        let mut x = {
-            let _g = (self.frozen_layers > 0).then(tch::no_grad_guard);
-            self.embed.forward(ids)
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
+        for i in range {
             // Frozen lower layers run without autograd.
             let _g = (i < self.frozen_layers).then(tch::no_grad_guard);
-            x = layer.forward(&x, &rope, attn_mask.as_ref());
+            x = self.layers[i].forward(&x, &rope, attn_mask.as_ref());
         }
-        self.norm.forward(&x)
+        x
     }
 
     /// Output of the head over every position: logits `[B, L, V]` or scores `[B, L, D]` (f32).
@@ -375,12 +428,45 @@ impl Model {
         .to_kind(Kind::Float)
     }
 
-    /// Scores at each row's last real token: `[B]` (first score dimension) — safe-rlhf's `end_scores`.
+    /// Per-token scores `[B, L]` and each row's sequence score `[B]` (first score dimension): at the last real
+    /// token (safe-rlhf's `end_scores`), or the mean over the real tokens with `score_pooling = mean`.
     pub fn end_scores(&self, batch: &Batch) -> (Tensor, Tensor) {
-        let scores = self.forward(batch).select(2, 0);
-        let end = batch.end_index();
-        let end_scores = scores.gather(1, &end.unsqueeze(1), false).squeeze_dim(1);
-        (scores, end_scores)
+        self.pool_scores(&self.forward(batch), &batch.mask)
+    }
+
+    /// [`Model::end_scores`] from the output of [`Model::lower_hidden`] (e.g. read from an activation cache).
+    pub fn end_scores_upper(&self, lower: &Tensor, mask: &Tensor) -> (Tensor, Tensor) {
+        self.pool_scores(&self.project(&self.upper_hidden(lower, mask)), mask)
+    }
+
+    /// How this score model pools (`end` for language models).
+    pub fn pooling(&self) -> ScorePooling {
+        match &self.cfg.head {
+            Head::Score { pooling, .. } => *pooling,
+            Head::CausalLm => ScorePooling::End,
+        }
+    }
+
+    /// Sets how a score model pools (no-op for a language model).
+    pub fn set_pooling(&mut self, p: ScorePooling) {
+        if let Head::Score { pooling, .. } = &mut self.cfg.head {
+            *pooling = p;
+        }
+    }
+
+    fn pool_scores(&self, out: &Tensor, mask: &Tensor) -> (Tensor, Tensor) {
+        let scores = out.select(2, 0);
+        let pooled = match self.pooling() {
+            ScorePooling::End => scores
+                .gather(1, &end_index_of(mask).unsqueeze(1), false)
+                .squeeze_dim(1),
+            ScorePooling::Mean => {
+                let m = mask.to_kind(scores.kind());
+                (&scores * &m).sum_dim_intlist(1, false, scores.kind())
+                    / m.sum_dim_intlist(1, false, scores.kind())
+            }
+        };
+        (scores, pooled)
     }
 
     /// `log softmax(logits[t])[ids[t+1]]` for t = 0..L−2: `[B, L−1]` (f32).
@@ -402,6 +488,17 @@ impl Model {
 }
 
 /// `log softmax(logits[:, t])[ids[:, t+1]]`, `[B, L−1]`, computed in f32.
+/// Position ids that follow the mask (`clamp(cumsum(mask) − 1, 0)`).
+fn mask_positions(mask: &Tensor) -> Tensor {
+    (mask.cumsum(1, Kind::Int64) - 1).clamp_min(0)
+}
+
+fn end_index_of(mask: &Tensor) -> Tensor {
+    let l = mask.size()[1];
+    let ar = Tensor::arange(l, (Kind::Int64, mask.device()));
+    (mask * ar).argmax(1, false)
+}
+
 pub fn gather_logprobs(logits: &Tensor, ids: &Tensor) -> Tensor {
     let l = logits.size()[1];
     let lp = logits
@@ -412,7 +509,7 @@ pub fn gather_logprobs(logits: &Tensor, ids: &Tensor) -> Tensor {
     lp.gather(2, &next, false).squeeze_dim(-1)
 }
 
-fn layer_index(name: &str) -> Option<usize> {
+pub(crate) fn layer_index(name: &str) -> Option<usize> {
     let rest = name.strip_prefix("model.layers.")?;
     rest.split('.').next()?.parse().ok()
 }

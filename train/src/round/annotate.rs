@@ -138,6 +138,7 @@ fn held_out_accuracy(model: &Path, kind: ScoreKind, files: &[PathBuf]) -> Result
         score_format: "safe-rlhf".into(),
         device: "cpu".into(),
         eval_tokens: 8192,
+        threshold: None,
     })?;
     // Ranking accuracy over every pair (cost models: and the sign accuracy), averaged over the figures present.
     let v: Vec<f64> = lines

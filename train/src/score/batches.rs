@@ -2,11 +2,13 @@
 //! through one right-padded forward. Batches group examples of similar length (sorted within windows of 64
 //! batches, then the batch order shuffled) so little compute goes to padding.
 
+use super::activations::ActivationCache;
 use crate::data::preference::{Pair, ScoreData, Single};
 use crate::model::Batch;
+use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Item {
@@ -53,6 +55,8 @@ pub fn epoch_batches(
 /// The tensors of one batch: sequences `[higher_0, lower_0, …, single_0, …]`.
 pub struct Collated {
     pub batch: Batch,
+    /// With an activation cache: the cached states entering the first trained layer (`[B, L, H]`).
+    pub lower: Option<Tensor>,
     /// Row indices of each pair's higher and lower sequence.
     pub pair_rows: Vec<(i64, i64)>,
     pub pair_safe: Vec<(Option<bool>, Option<bool>)>,
@@ -62,13 +66,21 @@ pub struct Collated {
     pub single_safe: Vec<bool>,
 }
 
-pub fn collate(data: &ScoreData, items: &[Item], pad: i64, device: Device) -> Collated {
+/// Collates `items`; with `cache`, also reads their cached lower-layer states (in `kind`).
+pub fn collate(
+    data: &ScoreData,
+    items: &[Item],
+    pad: i64,
+    device: Device,
+    cache: Option<(&ActivationCache, Kind)>,
+) -> Result<Collated> {
     let mut rows: Vec<Vec<i64>> = Vec::new();
     let mut c = Collated {
         batch: Batch {
             ids: Tensor::new(),
             mask: Tensor::new(),
         },
+        lower: None,
         pair_rows: vec![],
         pair_safe: vec![],
         spans: vec![],
@@ -104,5 +116,8 @@ pub fn collate(data: &ScoreData, items: &[Item], pad: i64, device: Device) -> Co
         }
     }
     c.batch = Batch::pad(&rows, pad, false, device);
-    c
+    if let Some((cache, kind)) = cache {
+        c.lower = Some(cache.batch(&rows, kind, device)?);
+    }
+    Ok(c)
 }

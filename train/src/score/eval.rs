@@ -1,11 +1,14 @@
 //! The loss of one batch of score-model examples, and evaluation over a whole set: ranking accuracy (higher >
 //! lower), for cost models the sign accuracy over every labelled response (cost > 0 ⇔ unsafe), score statistics.
 
+use super::activations::ActivationCache;
 use super::batches::{collate, epoch_batches, Collated};
+use super::classify::{self, Scored};
 use crate::data::preference::{ScoreData, ScoreKind};
 use crate::losses::log_sigmoid;
 use crate::losses::preference::{self, LossType};
 use crate::model::Model;
+use anyhow::Result;
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
@@ -19,6 +22,8 @@ pub struct BatchLoss {
     pub sign_correct: usize,
     pub signed: usize,
     pub scores: Vec<f64>,
+    /// Every response with a safety label: its end score and whether it is unsafe.
+    pub labelled: Vec<Scored>,
 }
 
 fn index(t: &Tensor, rows: &[i64]) -> Tensor {
@@ -39,7 +44,10 @@ pub fn batch_loss(
     loss_type: LossType,
     reg: f64,
 ) -> BatchLoss {
-    let (scores, end) = crate::device::autocast(model.device(), || model.end_scores(&c.batch));
+    let (scores, end) = crate::device::autocast(model.device(), || match &c.lower {
+        Some(lower) => model.end_scores_upper(lower, &c.batch.mask),
+        None => model.end_scores(&c.batch),
+    });
     let hi_rows: Vec<i64> = c.pair_rows.iter().map(|p| p.0).collect();
     let lo_rows: Vec<i64> = c.pair_rows.iter().map(|p| p.1).collect();
     let n_pairs = hi_rows.len();
@@ -55,7 +63,26 @@ pub fn batch_loss(
         sign_correct: 0,
         signed: 0,
         scores: Vec::<f64>::try_from(&end.to_kind(Kind::Double).detach()).unwrap_or_default(),
+        labelled: vec![],
     };
+    if kind == ScoreKind::Cost {
+        for (&(h, l), &(hs, ls)) in c.pair_rows.iter().zip(&c.pair_safe) {
+            for (row, safe) in [(h, hs), (l, ls)] {
+                if let Some(safe) = safe {
+                    out.labelled.push(Scored {
+                        cost: out.scores[row as usize],
+                        unsafe_: !safe,
+                    });
+                }
+            }
+        }
+        for (&row, &safe) in c.single_rows.iter().zip(&c.single_safe) {
+            out.labelled.push(Scored {
+                cost: out.scores[row as usize],
+                unsafe_: !safe,
+            });
+        }
+    }
     if n_pairs > 0 {
         let (hi, lo) = (index(&end, &hi_rows), index(&end, &lo_rows));
         out.rank_correct = hi.gt_tensor(&lo).sum(Kind::Int64).int64_value(&[]) as usize;
@@ -113,24 +140,36 @@ pub fn batch_loss(
     out
 }
 
+/// How to evaluate: batching, padding, an optional activation cache, and the cost model's gate threshold.
+pub struct EvalSetup<'a> {
+    pub batch_size: usize,
+    /// Padded tokens per forward pass.
+    pub max_tokens: usize,
+    pub pad: i64,
+    pub cache: Option<(&'a ActivationCache, Kind)>,
+    /// Flagged = cost > threshold (classification figures of cost models).
+    pub threshold: f64,
+}
+
 /// Evaluates `model` on `data`: one JSON object with `pairs`, `ranking_accuracy` (null without pairs),
-/// `sign_accuracy` (cost models with labels; else null), `loss`, score `mean`/`std`.
+/// `sign_accuracy` (cost models with labels; else null), `loss`, score `mean`/`std`, and for cost models with
+/// labels `classification` (ROC AUC, precision / recall / false-flag rate at the threshold). The labelled scores
+/// come back too (for calibration and curves).
 pub fn evaluate(
     model: &Model,
     data: &ScoreData,
     kind: ScoreKind,
-    batch_size: usize,
-    max_tokens: usize,
-    pad: i64,
-) -> Value {
+    setup: &EvalSetup,
+) -> Result<(Value, Vec<Scored>)> {
     let _g = tch::no_grad_guard();
     let (mut rank, mut pairs, mut sign, mut signed, mut loss_sum, mut n) =
         (0, 0, 0, 0, 0.0, 0usize);
     let mut all = Vec::new();
-    for items in epoch_batches(data, batch_size, 0, 0, false) {
+    let mut labelled = Vec::new();
+    for items in epoch_batches(data, setup.batch_size, 0, 0, false) {
         // Split long batches so evaluation memory stays bounded.
-        for part in split_by_tokens(data, &items, max_tokens) {
-            let c = collate(data, &part, pad, model.device());
+        for part in split_by_tokens(data, &items, setup.max_tokens) {
+            let c = collate(data, &part, setup.pad, model.device(), setup.cache)?;
             let b = batch_loss(model, &c, kind, LossType::SequenceWise, 0.0);
             rank += b.rank_correct;
             pairs += b.pairs;
@@ -139,6 +178,7 @@ pub fn evaluate(
             loss_sum += b.loss * part.len() as f64;
             n += part.len();
             all.extend(b.scores);
+            labelled.extend(b.labelled);
         }
     }
     let mean = all.iter().sum::<f64>() / all.len().max(1) as f64;
@@ -151,16 +191,25 @@ pub fn evaluate(
             json!(a as f64 / b as f64)
         }
     };
-    json!({
-        "kind": kind.name(),
-        "pairs": pairs,
-        "singles": data.singles.len(),
-        "ranking_accuracy": frac(rank, pairs),
-        "sign_accuracy": if kind == ScoreKind::Cost { frac(sign, signed) } else { Value::Null },
-        "loss": loss_sum / n.max(1) as f64,
-        "score_mean": mean,
-        "score_std": std,
-    })
+    let classification = if labelled.is_empty() {
+        Value::Null
+    } else {
+        classify::report(&labelled, setup.threshold)
+    };
+    Ok((
+        json!({
+            "kind": kind.name(),
+            "pairs": pairs,
+            "singles": data.singles.len(),
+            "ranking_accuracy": frac(rank, pairs),
+            "sign_accuracy": if kind == ScoreKind::Cost { frac(sign, signed) } else { Value::Null },
+            "classification": classification,
+            "loss": loss_sum / n.max(1) as f64,
+            "score_mean": mean,
+            "score_std": std,
+        }),
+        labelled,
+    ))
 }
 
 /// Splits a batch so no part pads to more than `max_tokens` tokens.

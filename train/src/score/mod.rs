@@ -1,6 +1,9 @@
 //! Reward and cost models: batching (`batches`), the training loop (`train`) and evaluation (`eval`).
 
+pub mod activations;
 pub mod batches;
+pub mod calibrate;
+pub mod classify;
 pub mod eval;
 pub mod train;
 
@@ -31,6 +34,10 @@ pub struct EvalScoreArgs {
     pub device: String,
     #[arg(long, default_value_t = 8192)]
     pub eval_tokens: usize,
+    /// Cost models: flagged = cost > this for precision, recall and the false-flag rate (default: the threshold
+    /// `calibrate` wrote into the model's config.json, else 0).
+    #[arg(long)]
+    pub threshold: Option<f64>,
 }
 
 /// `eval-score`: one JSON object per data file.
@@ -56,6 +63,12 @@ pub fn eval_score(args: &EvalScoreArgs) -> Result<Vec<Value>> {
     let format = train::parse_score_format(&args.score_format)?;
     let model = crate::model::Model::load(&args.model, None, device)?;
     let (tok, pad) = train::load_tokenizer(&args.model)?;
+    let threshold = match args.threshold {
+        Some(t) => t,
+        None => safeloop_shared::calibration::Calibration::read(&args.model)
+            .map_err(anyhow::Error::msg)?
+            .map_or(0.0, |c| c.threshold as f64),
+    };
     let mut out = Vec::new();
     for file in &args.data {
         let t = std::time::Instant::now();
@@ -71,7 +84,14 @@ pub fn eval_score(args: &EvalScoreArgs) -> Result<Vec<Value>> {
             Err(e) if e.to_string().starts_with("no usable") => Default::default(),
             Err(e) => return Err(e),
         };
-        let mut e = eval::evaluate(&model, &data, kind, args.batch_size, args.eval_tokens, pad);
+        let setup = eval::EvalSetup {
+            batch_size: args.batch_size,
+            max_tokens: args.eval_tokens,
+            pad,
+            cache: None,
+            threshold,
+        };
+        let (mut e, _) = eval::evaluate(&model, &data, kind, &setup)?;
         if data.n_pairs == 0 && data.n_singles == 0 {
             e["ranking_accuracy"] = Value::Null;
             e["sign_accuracy"] = Value::Null;

@@ -5,8 +5,9 @@
 //! `--resume`) and writes the final model as an HF directory the server loads (and, with `--adapter-out`, only
 //! the trained tensors).
 
+use super::activations::ActivationCache;
 use super::batches::{collate, epoch_batches};
-use super::eval::{batch_loss, evaluate};
+use super::eval::{batch_loss, evaluate, EvalSetup};
 use crate::data::preference::{self, Encoder, ScoreData, ScoreKind};
 use crate::losses::preference::LossType;
 use crate::metrics::{progress, MetricsLog};
@@ -17,7 +18,7 @@ use crate::optim::AdamW;
 use crate::run_args::RunArgs;
 use crate::trainable::TrainableArgs;
 use anyhow::{bail, Result};
-use safeloop_shared::config::{generation_eos_ids, ModelConfig};
+use safeloop_shared::config::{generation_eos_ids, ModelConfig, ScorePooling};
 use safeloop_shared::scoring::ScoreFormat;
 use safeloop_shared::Tokenizer;
 use serde_json::{json, Value};
@@ -83,6 +84,24 @@ pub struct TrainScoreArgs {
     /// Padded tokens per forward pass in evaluation.
     #[arg(long, default_value_t = 8192)]
     pub eval_tokens: usize,
+    /// Cache the frozen lower layers' output (the states entering the first trained layer; f16, memory-mapped)
+    /// under DIR, keyed by the token ids and a hash of the frozen parameters: computed once (reused by later runs
+    /// on the same backbone and layer), then every epoch and evaluation runs only the trained layers and the head.
+    /// Needs frozen lower layers (`--lora-from-layer N`, `--freeze-layers N` or `--head-only`).
+    #[arg(long, value_name = "DIR")]
+    pub cache_activations: Option<PathBuf>,
+    /// How the sequence score comes from the per-token scores: `end` (the last token, safe-rlhf's convention) or
+    /// `mean` (over every token). Default: the model's own (`end` for a fresh head). Saved in config.json; the
+    /// server and the trainer's scorers pool the same way.
+    #[arg(long, value_parser = parse_pooling)]
+    pub pooling: Option<ScorePooling>,
+    /// Cost models: the gate threshold at which `eval` reports precision, recall and the false-flag rate.
+    #[arg(long, default_value_t = 0.0)]
+    pub threshold: f64,
+}
+
+fn parse_pooling(s: &str) -> Result<ScorePooling, String> {
+    ScorePooling::parse(s).ok_or_else(|| format!("`{s}` is not end or mean"))
 }
 
 pub fn parse_score_format(s: &str) -> Result<ScoreFormat> {
@@ -178,6 +197,9 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     if let safeloop_shared::config::Head::Score { score_type, .. } = &mut model.cfg.head {
         *score_type = Some(args.kind.name().to_string());
     }
+    if let Some(p) = args.pooling {
+        model.set_pooling(p);
+    }
     // A resumed LoRA run comes back from its checkpoint with its adapters (and its base frozen).
     args.trainable.apply(&mut model, args.head_only);
     let trainable = model.trainable();
@@ -187,6 +209,27 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
         trainable.len()
     );
     let mut opt = AdamW::new(trainable, args.weight_decay);
+    let cache = match &args.cache_activations {
+        Some(dir) => {
+            let mut cache = ActivationCache::open(dir, &model)?;
+            let seqs = std::iter::once(&train)
+                .chain(evals.iter().map(|(_, d)| d))
+                .flat_map(|d| d.sequences());
+            let stats = cache.fill(&model, seqs, pad, args.eval_tokens)?;
+            eprintln!(
+                "activation cache {}: {} sequences, {} computed now ({} tokens, {:.1} s), {:.1} MB on disk",
+                cache.dir().display(),
+                stats.sequences,
+                stats.computed,
+                stats.computed_tokens,
+                stats.compute_s,
+                stats.bytes as f64 / 1e6
+            );
+            Some((cache, stats))
+        }
+        None => None,
+    };
+    let cached = cache.as_ref().map(|(c, _)| (c, model.param_kind()));
 
     let steps_per_epoch =
         epoch_batches(&train, args.batch_size, args.run.seed, 0, true).len() as u64;
@@ -226,7 +269,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
                 break 'epochs;
             }
             let t = Instant::now();
-            let c = collate(&train, items, pad, device);
+            let c = collate(&train, items, pad, device, cached)?;
             opt.zero_grad();
             let b = batch_loss(&model, &c, args.kind, args.loss_type, args.regularization);
             b.total.backward();
@@ -249,12 +292,14 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
         }
         pb.finish_and_clear();
         save_ckpt(&model, &opt, global_step)?;
-        evaluations.extend(run_evals(&model, &evals, args, pad, epoch + 1, &mut log)?);
+        let e = run_evals(&model, &evals, args, pad, cached, epoch + 1, &mut log)?;
+        evaluations.extend(e);
     }
     if evaluations.is_empty() {
         // Stopped by --max-steps before an epoch ended.
         save_ckpt(&model, &opt, global_step)?;
-        evaluations.extend(run_evals(&model, &evals, args, pad, args.epochs, &mut log)?);
+        let e = run_evals(&model, &evals, args, pad, cached, args.epochs, &mut log)?;
+        evaluations.extend(e);
     }
 
     save_hf_dir(
@@ -281,6 +326,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
         "steps": global_step,
         "train": train,
         "evaluations": evaluations,
+        "activation_cache": cache.as_ref().map(|(c, stats)| json!({"dir": c.dir().display().to_string(), "fill": stats})),
         "wall_s": started.elapsed().as_secs_f64(),
     }))
 }
@@ -290,19 +336,20 @@ fn run_evals(
     evals: &[(PathBuf, ScoreData)],
     args: &TrainScoreArgs,
     pad: i64,
+    cache: Option<(&ActivationCache, tch::Kind)>,
     epoch: usize,
     log: &mut MetricsLog,
 ) -> Result<Vec<Value>> {
     let mut out = Vec::new();
+    let setup = EvalSetup {
+        batch_size: args.batch_size,
+        max_tokens: args.eval_tokens,
+        pad,
+        cache,
+        threshold: args.threshold,
+    };
     for (file, data) in evals {
-        let mut e = evaluate(
-            model,
-            data,
-            args.kind,
-            args.batch_size,
-            args.eval_tokens,
-            pad,
-        );
+        let (mut e, _) = evaluate(model, data, args.kind, &setup)?;
         e["epoch"] = json!(epoch);
         e["file"] = json!(file.display().to_string());
         log.write(&json!({ "eval": e }))?;
