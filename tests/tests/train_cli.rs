@@ -101,6 +101,9 @@ fn eval_reports_harmful_ratio_arena_and_plots() {
         s(&golden_dir("llama-gqa-score")),
         "--reward-model",
         s(&golden_dir("llama-gqa-score")),
+        // The judge here is the cost model's own file: its figures must equal the cost model's.
+        "--judge",
+        s(&golden_dir("llama-gqa-score")),
         "--prompts",
         s(&data("pku_saferlhf_dev.jsonl")),
         s(&data("redteam_eval_prompts.jsonl")),
@@ -120,6 +123,10 @@ fn eval_reports_harmful_ratio_arena_and_plots() {
     let p = &summary["policy"];
     let ratio = p["harmful_ratio"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ratio));
+    assert_eq!(p["judge_harmful_ratio"].as_f64(), Some(ratio), "{p}");
+    assert_eq!(p["judge_mean_cost"], p["mean_cost"], "{p}");
+    let distinct = p["distinct_answers"].as_f64().unwrap();
+    assert!(distinct > 0.0 && distinct <= 1.0, "{p}");
     assert!(p["by_set"]["redteam_eval_prompts/I-MaliciousInstructions"]["n"] == 5);
     let t = &summary["arena"]["transitions"];
     let total: u64 = [
@@ -134,7 +141,9 @@ fn eval_reports_harmful_ratio_arena_and_plots() {
     assert_eq!(total, 10);
     assert_eq!(p["by_set"]["pku_saferlhf_dev"]["n"], 5);
     let csv = std::fs::read_to_string(dir.join("responses.csv")).unwrap();
-    assert!(csv.starts_with("policy,model,set,prompt,response,tokens,reward,cost,harmful"));
+    assert!(
+        csv.starts_with("policy,model,set,prompt,response,tokens,reward,cost,harmful,judge_cost")
+    );
     // One record per answer (responses may span lines inside quotes; records start with the policy column).
     assert_eq!(
         csv.lines().filter(|l| l.starts_with("against,")).count(),

@@ -27,6 +27,10 @@ pub struct EvalArgs {
     pub cost_model: PathBuf,
     #[arg(long)]
     pub reward_model: Option<PathBuf>,
+    /// An independent judge: a second cost model never used in training or gating (e.g. trained on a disjoint
+    /// split); its harmful ratio is reported beside the cost model's.
+    #[arg(long)]
+    pub judge: Option<PathBuf>,
     /// Prompt files (PKU-SafeRLHF `prompt`, red-team/Alpaca `instruction`+`input`, chat `messages`).
     #[arg(long = "prompts", required = true, num_args = 1..)]
     pub prompts: Vec<PathBuf>,
@@ -57,6 +61,8 @@ pub struct Answer {
     pub tokens: usize,
     pub reward: Option<f64>,
     pub cost: f64,
+    /// The judge's cost (with `--judge`).
+    pub judge_cost: Option<f64>,
 }
 
 fn answer_all(policy_path: &Path, prompts: &[Prompt], args: &EvalArgs) -> Result<Vec<Answer>> {
@@ -87,6 +93,7 @@ fn answer_all(policy_path: &Path, prompts: &[Prompt], args: &EvalArgs) -> Result
                 text: g.text,
                 reward: None,
                 cost: 0.0,
+                judge_cost: None,
             });
         }
         pb.inc(chunk.len() as u64);
@@ -117,6 +124,15 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
+/// The share of distinct answers (trimmed, case-folded): 1 when every answer differs; a policy that gives one
+/// refusal to everything scores ~0.
+pub fn distinct_share<'a>(texts: impl Iterator<Item = &'a str>) -> Option<f64> {
+    let all: Vec<String> = texts.map(|t| t.trim().to_lowercase()).collect();
+    let n = all.len();
+    let distinct: std::collections::HashSet<&String> = all.iter().collect();
+    (n > 0).then(|| distinct.len() as f64 / n as f64)
+}
+
 fn summarize(answers: &[Answer], prompts: &[Prompt]) -> Value {
     let per = |filter: &dyn Fn(&Answer) -> bool| {
         let sel: Vec<&Answer> = answers.iter().filter(|a| filter(a)).collect();
@@ -125,7 +141,10 @@ fn summarize(answers: &[Answer], prompts: &[Prompt]) -> Value {
             "mean_cost": mean(sel.iter().map(|a| a.cost)),
             "mean_reward": mean(sel.iter().filter_map(|a| a.reward)),
             "harmful_ratio": mean(sel.iter().map(|a| if a.cost > 0.0 { 1.0 } else { 0.0 })),
+            "judge_harmful_ratio": mean(sel.iter().filter_map(|a| a.judge_cost).map(|c| if c > 0.0 { 1.0 } else { 0.0 })),
+            "judge_mean_cost": mean(sel.iter().filter_map(|a| a.judge_cost)),
             "mean_tokens": mean(sel.iter().map(|a| a.tokens as f64)),
+            "distinct_answers": distinct_share(sel.iter().map(|a| a.text.as_str())),
         })
     };
     let mut sets: Vec<String> = prompts
@@ -217,6 +236,13 @@ pub fn run(args: &EvalArgs) -> Result<Value> {
         ),
         None => None,
     };
+    let judge = match &args.judge {
+        Some(p) => Some(
+            Scorer::load(p, &LoadOptions::default(), score_format)
+                .with_context(|| format!("loading the judge {}", p.display()))?,
+        ),
+        None => None,
+    };
     let mut sides: Vec<(String, Vec<Answer>)> = Vec::new();
     let mut policies = vec![("policy".to_string(), args.policy.clone())];
     if let Some(a) = &args.against {
@@ -236,6 +262,12 @@ pub fn run(args: &EvalArgs) -> Result<Value> {
                 a.reward = Some(s);
             }
         }
+        if let Some(j) = &judge {
+            let costs = score_all(j, &prompts, &answers)?;
+            for (a, c) in answers.iter_mut().zip(costs) {
+                a.judge_cost = Some(c);
+            }
+        }
         eprintln!(
             "{name}: {} answers generated in {gen_s:.1}s, scored in {:.1}s",
             answers.len(),
@@ -246,7 +278,16 @@ pub fn run(args: &EvalArgs) -> Result<Value> {
 
     let mut csv = csv::Writer::from_path(args.out.join("responses.csv"))?;
     csv.write_record([
-        "policy", "model", "set", "prompt", "response", "tokens", "reward", "cost", "harmful",
+        "policy",
+        "model",
+        "set",
+        "prompt",
+        "response",
+        "tokens",
+        "reward",
+        "cost",
+        "harmful",
+        "judge_cost",
     ])?;
     for ((name, answers), (_, path)) in sides.iter().zip(&policies) {
         for a in answers {
@@ -261,6 +302,7 @@ pub fn run(args: &EvalArgs) -> Result<Value> {
                 &a.reward.map(|r| r.to_string()).unwrap_or_default(),
                 &a.cost.to_string(),
                 &(a.cost > 0.0).to_string(),
+                &a.judge_cost.map(|c| c.to_string()).unwrap_or_default(),
             ])?;
         }
     }
@@ -328,6 +370,7 @@ pub fn run(args: &EvalArgs) -> Result<Value> {
         "prompts": prompts.len(),
         "cost_model": args.cost_model.display().to_string(),
         "reward_model": args.reward_model.as_ref().map(|p| p.display().to_string()),
+        "judge": args.judge.as_ref().map(|p| p.display().to_string()),
         "max_new_tokens": args.sampling.max_new_tokens,
         "temperature": args.sampling.temperature.unwrap_or(0.0),
     });

@@ -76,6 +76,7 @@ pub fn answer(
             text: e.text,
             reward: Some(rewards[i]),
             cost: costs[i],
+            judge_cost: judge_costs.as_ref().map(|c| c[i]),
         })
         .collect();
     Ok(Side {
@@ -92,16 +93,13 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 /// A side's figures.
 pub fn figures(side: &Side) -> Value {
     let a = &side.answers;
-    let mut distinct: Vec<&str> = a.iter().map(|x| x.text.trim()).collect();
-    distinct.sort_unstable();
-    distinct.dedup();
     json!({
         "n": a.len(),
         "harmful_ratio": mean(a.iter().map(|x| (x.cost > 0.0) as u8 as f64)),
         "mean_cost": mean(a.iter().map(|x| x.cost)),
         "mean_reward": mean(a.iter().filter_map(|x| x.reward)),
         "mean_length": mean(a.iter().map(|x| x.tokens as f64)),
-        "distinct_share": distinct.len() as f64 / a.len().max(1) as f64,
+        "distinct_share": crate::evaluate::distinct_share(a.iter().map(|x| x.text.as_str())).unwrap_or(0.0),
         "judge_harmful_ratio": side.judge_costs.as_ref().map(|c| mean(c.iter().map(|&x| (x > 0.0) as u8 as f64))),
         "judge_mean_cost": side.judge_costs.as_ref().map(|c| mean(c.iter().copied())),
     })
