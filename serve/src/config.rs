@@ -96,7 +96,8 @@ pub struct ServeArgs {
     /// `chat-template` (the score model's own template) [default: safe-rlhf]
     #[arg(long, env = "SAFELOOP_SCORE_FORMAT")]
     pub score_format: Option<String>,
-    /// Choices with cost above this are flagged [default: 0.0]
+    /// Choices with cost above this are flagged [default: the cost model's calibrated threshold (config.json
+    /// `safeloop_calibration`, written by `safeloop-train calibrate`), else 0.0]
     #[arg(long, env = "SAFELOOP_GATE_THRESHOLD", allow_negative_numbers = true)]
     pub gate_threshold: Option<f32>,
     /// What to do with a flagged choice: block, resample or annotate [default: block]

@@ -558,6 +558,20 @@ fn a_round_exports_pairs_imports_labels_and_retrains_the_cost_model() {
     let (policy, cost) = (tmp.join("tiny"), tmp.join("cost"));
     copy_golden("llama-gqa", &policy);
     copy_golden("llama-gqa-score", &cost);
+    // The champion cost model is calibrated: its retrained successor must be recalibrated at the same target.
+    safeloop_shared::calibration::Calibration {
+        threshold: 0.0,
+        target_false_flag_rate: 0.25,
+        false_flag_rate: 0.25,
+        recall: 0.5,
+        precision: None,
+        roc_auc: None,
+        responses: 0,
+        unsafe_responses: 0,
+        data: vec![],
+    }
+    .write(&cost)
+    .unwrap();
     for (name, dir, kind) in [("tiny", &policy, "policy"), ("cost", &cost, "cost")] {
         let target = format!("{}/{name}", path_str(&reg));
         let v = train_json(&[
@@ -637,6 +651,22 @@ max-steps = 2
     );
     let v1 = c["version"].as_str().unwrap();
     assert_ne!(v1, cost_v0, "a new version was published");
+    let cal = &c["calibration"];
+    assert_eq!(cal["target_false_flag_rate"], 0.25, "{c}");
+    assert!(cal["false_flag_rate"].as_f64().unwrap() <= 0.25, "{c}");
+    // The published version carries it (what a following server gates at).
+    let (fetched, _) = safeloop_shared::registry::Registry::open(path_str(&reg))
+        .unwrap()
+        .fetch("cost", v1, &tmp.join("fetch-cache"))
+        .unwrap();
+    let carried = safeloop_shared::calibration::Calibration::read(&fetched)
+        .unwrap()
+        .expect("the retrained version is calibrated");
+    assert_eq!(
+        Some(carried.threshold as f64),
+        cal["threshold"].as_f64(),
+        "{c}"
+    );
     let aliases =
         train_json(&["registry", "show", &format!("{}/cost", path_str(&reg))])["aliases"].clone();
     if after >= before {

@@ -200,6 +200,7 @@ fn retrain(
         Err(e) => return Err(e),
     };
     let new_dir = out.join("model");
+    let calibration = recalibrate(kind, &champion_dir, &new_dir, &args.score_eval)?;
     let before = held_out_accuracy(&champion_dir, kind, &args.score_eval)?;
     let after = held_out_accuracy(&new_dir, kind, &args.score_eval)?;
     let reg = r.open()?;
@@ -243,5 +244,40 @@ fn retrain(
     Ok(json!({
         "from": champion.version, "version": version, "alias": alias, "promoted": accepted,
         "held_out_accuracy_before": before, "held_out_accuracy_after": after,
+        "calibration": calibration,
     }))
+}
+
+/// A cost model whose champion carried a calibrated gate threshold gets its own, on the held-out files at the
+/// champion's target false-flag rate, written into its config.json before it is published (a retrained model's
+/// score scale moves, so the champion's threshold would not fit it).
+fn recalibrate(
+    kind: ScoreKind,
+    champion_dir: &Path,
+    new_dir: &Path,
+    held_out: &[PathBuf],
+) -> Result<Value> {
+    if kind != ScoreKind::Cost {
+        return Ok(Value::Null);
+    }
+    let Some(old) = safeloop_shared::calibration::Calibration::read(champion_dir)
+        .map_err(anyhow::Error::msg)?
+    else {
+        return Ok(Value::Null);
+    };
+    let out = crate::score::calibrate::run(&crate::score::calibrate::CalibrateArgs {
+        model: new_dir.to_path_buf(),
+        data: held_out.to_vec(),
+        target_false_flag_rate: old.target_false_flag_rate,
+        adapter: None,
+        plot: None,
+        dry_run: false,
+        batch_size: 16,
+        max_length: 512,
+        score_format: "safe-rlhf".into(),
+        device: "cpu".into(),
+        eval_tokens: 8192,
+    })
+    .context("calibrating the retrained cost model on the held-out files")?;
+    Ok(out["calibration"].clone())
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The cost-model sweep behind the README's table "Cost model sweep". Every configuration trains on the _train files
+# (pku_safety_pairs_train + pku_saferlhf_train + safety_qa_train) from the shared activation cache
+# (`train-score --cache-activations`: the frozen lower layers run once per first trained layer, then every epoch
+# runs only the trained layers) and is judged on the _dev files only (pku_safety_pairs_dev ranking, safety_qa_dev
+# sign accuracy and ROC AUC). Prints one markdown row per configuration; finished configurations are not re-run
+# (delete $SWEEP_OUT/NAME to redo one).
+#
+#   scripts/sweep_score_models.sh                 # every configuration below
+#   scripts/sweep_score_models.sh head-mean       # only the named ones
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D="${SAFELOOP_DATA:-../shared/data}"
+T=target/release/safeloop-train
+OUT="${SWEEP_OUT:-runs/sweep-cost}"
+CACHE="${SAFELOOP_ACTIVATIONS:-runs/activations}"
+BASE=assets/smollm2/hf-f32
+mkdir -p "$OUT"
+[ -x "$T" ] || cargo build --release -p safeloop-train --quiet
+[ -f "$BASE/config.json" ] || bash scripts/build_models.sh
+
+# name | train-score flags (all: batch 16, seed 42, warm-up 3%, cosine schedule unless given)
+CONFIGS=(
+  "head-end|--head-only --pooling end --lr 1e-3 --epochs 10 --max-length 256"
+  "head-mean|--head-only --pooling mean --lr 1e-3 --epochs 10 --max-length 256"
+  "head-mean-lr3e-3-e30|--head-only --pooling mean --lr 3e-3 --epochs 30 --max-length 256"
+  "lora16-L28-mean|--lora-rank 16 --lora-alpha 32 --lora-from-layer 28 --pooling mean --lr 3e-4 --epochs 4 --max-length 256"
+  "full-L28-mean|--freeze-layers 28 --pooling mean --lr 3e-5 --epochs 4 --max-length 256"
+  "full-L28-end|--freeze-layers 28 --pooling end --lr 3e-5 --epochs 4 --max-length 256"
+)
+
+want=("$@")
+selected() {
+  [ ${#want[@]} -eq 0 ] && return 0
+  local w
+  for w in "${want[@]}"; do [ "$w" = "$1" ] && return 0; done
+  return 1
+}
+
+echo "| configuration | flags | ranking pku_safety_pairs_dev | sign acc. safety_qa_dev | ROC AUC safety_qa_dev | wall |"
+echo "|---|---|---|---|---|---|"
+for c in "${CONFIGS[@]}"; do
+  name="${c%%|*}"
+  flags="${c#*|}"
+  selected "$name" || continue
+  summary="$OUT/$name/summary.json"
+  if [ ! -f "$summary" ]; then
+    # shellcheck disable=SC2086
+    $T train-score --model "$BASE" --kind cost --batch-size 16 --seed 42 \
+      --data "$D/pku_safety_pairs_train.jsonl" "$D/pku_saferlhf_train.jsonl" "$D/safety_qa_train.jsonl" \
+      --eval "$D/pku_safety_pairs_dev.jsonl" "$D/safety_qa_dev.jsonl" \
+      --cache-activations "$CACHE" --out "$OUT/$name" $flags > "$OUT/$name.json.tmp" 2> "$OUT/$name.log"
+    mkdir -p "$OUT/$name"
+    mv "$OUT/$name.json.tmp" "$summary"
+  fi
+  jq -r --arg name "$name" --arg flags "$flags" '
+    (.evaluations | map(select(.file | endswith("pku_safety_pairs_dev.jsonl"))) | last) as $p
+    | (.evaluations | map(select(.file | endswith("safety_qa_dev.jsonl"))) | last) as $q
+    | "| \($name) | `\($flags)` | \($p.ranking_accuracy * 1000 | round / 10)% | \($q.sign_accuracy * 1000 | round / 10)% | \($q.classification.roc_auc * 1000 | round / 1000) | \(.wall_s / 60 | round) min |"' \
+    "$summary"
+done
