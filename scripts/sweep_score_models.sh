@@ -19,14 +19,15 @@ mkdir -p "$OUT"
 [ -x "$T" ] || cargo build --release -p safeloop-train --quiet
 [ -f "$BASE/config.json" ] || bash scripts/build_models.sh
 
-# name | train-score flags (all: batch 16, seed 42, warm-up 3%, cosine schedule unless given)
+# name | train-score flags (all: batch 16, seed 42, warm-up 3%, cosine schedule unless given). In order: the LP-FT
+# run starts from the probe above it.
 CONFIGS=(
   "head-end|--head-only --pooling end --lr 1e-3 --epochs 10 --max-length 256"
   "head-mean|--head-only --pooling mean --lr 1e-3 --epochs 10 --max-length 256"
   "head-mean-lr3e-3-e30|--head-only --pooling mean --lr 3e-3 --epochs 30 --max-length 256"
-  "lora16-L28-mean|--lora-rank 16 --lora-alpha 32 --lora-from-layer 28 --pooling mean --lr 3e-4 --epochs 4 --max-length 256"
-  "full-L28-mean|--freeze-layers 28 --pooling mean --lr 3e-5 --epochs 4 --max-length 256"
-  "full-L28-end|--freeze-layers 28 --pooling end --lr 3e-5 --epochs 4 --max-length 256"
+  # Linear probe, then fine-tune (LP-FT): start from the trained head of head-mean-lr3e-3-e30 (a fresh head learns
+  # too slowly at a learning rate the upper layers can take).
+  "lpft-L28-lr1e-4|--model $OUT/head-mean-lr3e-3-e30/model --freeze-layers 28 --lr 1e-4 --epochs 3 --max-length 256"
 )
 
 want=("$@")
@@ -49,7 +50,7 @@ for c in "${CONFIGS[@]}"; do
     $T train-score --model "$BASE" --kind cost --batch-size 16 --seed 42 \
       --data "$D/pku_safety_pairs_train.jsonl" "$D/pku_saferlhf_train.jsonl" "$D/safety_qa_train.jsonl" \
       --eval "$D/pku_safety_pairs_dev.jsonl" "$D/safety_qa_dev.jsonl" \
-      --cache-activations "$CACHE" --out "$OUT/$name" $flags > "$OUT/$name.json.tmp" 2> "$OUT/$name.log"
+      --cache-activations "$CACHE" --out "$OUT/$name" --adapter-out "$OUT/$name/adapter" $flags > "$OUT/$name.json.tmp" 2> "$OUT/$name.log"
     mkdir -p "$OUT/$name"
     mv "$OUT/$name.json.tmp" "$summary"
   fi
