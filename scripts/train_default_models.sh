@@ -8,7 +8,7 @@
 #    (scripts/sweep_score_models.sh, README "Cost model sweep");
 #  - cost: a linear probe (head only, 30 epochs), then layers 28–29, the final norm and the head fine-tuned from
 #    it (LP-FT, 3 epochs), then the gate threshold calibrated on the dev files for a 10% false-flag rate;
-#  - reward: a linear probe (head only, 30 epochs) on PKU-SafeRLHF + HH-RLHF helpfulness pairs;
+#  - reward: a head on the frozen model (1 epoch) on PKU-SafeRLHF + HH-RLHF helpfulness pairs;
 #  - judge: a linear probe on the *dev* safety labels only, never used for training or gating.
 # Outputs go to runs/ (git-ignored); copy runs/cost-adapter to models/cost-smollm2 and runs/reward-adapter to
 # models/reward-smollm2 to publish new defaults (scripts/build_models.sh folds them onto the base).
@@ -33,10 +33,12 @@ $T train-score --model runs/cost-probe/model --kind cost "${COST_DATA[@]}" --out
 $T calibrate --model runs/cost/model --data "$D/safety_qa_dev.jsonl" "$D/pku_safety_pairs_dev.jsonl" \
   --target-false-flag-rate 0.1 --adapter runs/cost-adapter --plot docs/img/cost-calibration
 
-# Reward model: probe.
+# Reward model: a head on the frozen SmolLM2 (last-token score), 1 epoch — none of the sweep's alternatives beat it
+# on hh_rlhf_dev (README "Reward and cost models on real data").
 $T train-score --model "$BASE" --kind reward \
   --data "$D/pku_saferlhf_train.jsonl" "$D/hh_rlhf_train.jsonl" --eval "$D/hh_rlhf_dev.jsonl" "$D/pku_saferlhf_dev.jsonl" \
-  --out runs/reward --adapter-out runs/reward-adapter "${PROBE[@]}" "${COMMON[@]}"
+  --out runs/reward --adapter-out runs/reward-adapter --head-only --pooling end --lr 1e-3 --lr-scheduler constant \
+  --epochs 1 "${COMMON[@]}"
 
 # The independent judge: trained on the dev labels only, evaluated on the train files it never saw.
 $T train-score --model "$BASE" --kind cost \

@@ -285,7 +285,7 @@ impl ModelConfig {
             let pooling = match f.opt_str("score_pooling")? {
                 None => ScorePooling::End,
                 Some(p) => ScorePooling::parse(&p).ok_or_else(|| {
-                    Error::config(file, "score_pooling", &format!("`{p}` is not end or mean"))
+                    Error::config(file, "score_pooling", format!("`{p}` is not end or mean"))
                 })?,
             };
             Head::Score {

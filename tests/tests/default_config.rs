@@ -36,7 +36,7 @@ fn subsets(dir: &std::path::Path) -> (PathBuf, PathBuf) {
 }
 
 #[test]
-fn default_cost_model_is_built_from_the_committed_adapter_and_beats_the_majority_class() {
+fn default_cost_model_is_built_from_the_committed_adapter_and_keeps_its_measured_accuracy() {
     let root = root();
     let model = root.join("assets/models/cost-smollm2");
     let stamp = std::fs::read_to_string(model.join(".safeloop-adapter"))
@@ -66,17 +66,30 @@ fn default_cost_model_is_built_from_the_committed_adapter_and_beats_the_majority
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // Measured: sign accuracy 0.64 (majority class 0.57), ranking 0.68 on these subsets.
+    // Measured (2026-12-02, the LP-FT model): sign accuracy 0.695 (majority class 0.57), ROC AUC 0.774, false-flag
+    // rate at the calibrated threshold 0.105 on the labelled subset; ranking 0.733 on the pairs. The margin is 3
+    // points of accuracy (6 responses / 4 pairs), 0.03 of AUC: enough for f32 rounding across machines, small
+    // enough that a retrained or mis-built default shows up.
     let sign = lines[0]["sign_accuracy"].as_f64().unwrap();
+    let auc = lines[0]["classification"]["roc_auc"].as_f64().unwrap();
+    let ffr = lines[0]["classification"]["false_flag_rate"]
+        .as_f64()
+        .unwrap();
     let rank = lines[1]["ranking_accuracy"].as_f64().unwrap();
     assert!(
-        sign > 0.59,
-        "sign accuracy {sign} on held-out labelled responses"
+        sign >= 0.665,
+        "sign accuracy {sign} on held-out labelled responses (README: 0.695 on this subset)"
+    );
+    assert!(auc >= 0.744, "ROC AUC {auc} (README: 0.774)");
+    assert!(
+        ffr <= 0.15,
+        "false-flag rate {ffr} at the calibrated threshold (calibrated for 0.10 on the whole dev files)"
     );
     assert!(
-        rank > 0.60,
-        "ranking accuracy {rank} on held-out safety pairs"
+        rank >= 0.70,
+        "ranking accuracy {rank} on held-out safety pairs (README: 0.733 on this subset)"
     );
+    assert_eq!(cfg["score_pooling"], "mean");
     std::fs::remove_dir_all(&dir).ok();
 }
 
