@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use safeloop_shared::model::{OutputRows, SeqInput};
-use safeloop_shared::{load_causal_lm, Error, LoadOptions};
+use safeloop_shared::{load_causal_lm, load_score_model, Error, LoadOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -278,4 +278,39 @@ fn prompt_longer_than_the_context_is_an_error_in_the_model_too() {
         matches!(err, Error::ContextOverflow { max: 256, .. }),
         "{err}"
     );
+}
+
+#[test]
+fn score_pooling_is_read_and_a_bad_value_is_named() {
+    let (_tmp, dir) = copy_dir("llama-gqa-score", true);
+    let seq: Vec<u32> = vec![1, 5, 9, 12, 7];
+    let end = load_score_model(&dir, &LoadOptions::default())
+        .unwrap()
+        .model
+        .score(std::slice::from_ref(&seq))
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        end.end,
+        *end.per_token.last().unwrap(),
+        "default: the last token"
+    );
+    edit_config(&dir, |c| c["score_pooling"] = "mean".into());
+    let mean = load_score_model(&dir, &LoadOptions::default())
+        .unwrap()
+        .model
+        .score(std::slice::from_ref(&seq))
+        .unwrap()
+        .remove(0);
+    let want = mean.per_token.iter().map(|r| r[0] as f64).sum::<f64>() / seq.len() as f64;
+    assert!(
+        (mean.end[0] as f64 - want).abs() < 1e-5,
+        "{:?} vs {want}",
+        mean.end
+    );
+    edit_config(&dir, |c| c["score_pooling"] = "max".into());
+    let Err(err) = load_score_model(&dir, &LoadOptions::default()) else {
+        panic!("an unknown pooling is refused")
+    };
+    assert!(err.to_string().contains("score_pooling"), "{err}");
 }
