@@ -29,38 +29,49 @@ pub struct Calibration {
 impl Calibration {
     /// The calibration in `dir/config.json`, if any. A malformed entry is an error naming the file.
     pub fn read(dir: &Path) -> Result<Option<Self>, String> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-        match v.get(KEY) {
+        Self::read_key(&dir.join("config.json"), KEY)
+    }
+
+    /// Writes (or replaces) the calibration in `dir/config.json`, keeping every other key.
+    pub fn write(&self, dir: &Path) -> Result<(), String> {
+        self.write_key(&dir.join("config.json"), KEY)
+    }
+
+    /// The calibration under `key` of the JSON object in `path` (e.g. an adapter's `adapter.json`), if any.
+    pub fn read_key(path: &Path, key: &str) -> Result<Option<Self>, String> {
+        match read_object(path)?.remove(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(c) => serde_json::from_value(c.clone())
+            Some(c) => serde_json::from_value(c)
                 .map(Some)
-                .map_err(|e| format!("{}: `{KEY}`: {e}", path.display())),
+                .map_err(|e| format!("{}: `{key}`: {e}", path.display())),
         }
     }
 
-    /// Writes (or replaces) the calibration in `dir/config.json`, keeping every other key; atomic (temp file +
-    /// rename), so a crash leaves the old file.
-    pub fn write(&self, dir: &Path) -> Result<(), String> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let mut v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-        let obj = v
-            .as_object_mut()
-            .ok_or_else(|| format!("{}: not a JSON object", path.display()))?;
+    /// Writes (or replaces) the calibration under `key` of the JSON object in `path`, keeping every other key;
+    /// atomic (temp file + rename), so a crash leaves the old file.
+    pub fn write_key(&self, path: &Path, key: &str) -> Result<(), String> {
+        let mut obj = read_object(path)?;
         obj.insert(
-            KEY.into(),
+            key.into(),
             serde_json::to_value(self).map_err(|e| e.to_string())?,
         );
-        let tmp = dir.join(".config.json.tmp");
-        let body = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+        let name = path
+            .file_name()
+            .map_or_else(Default::default, |n| n.to_string_lossy());
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
+        let body = serde_json::to_string_pretty(&obj).map_err(|e| e.to_string())?;
         std::fs::write(&tmp, body + "\n").map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("replacing {}: {e}", path.display()))
+        std::fs::rename(&tmp, path).map_err(|e| format!("replacing {}: {e}", path.display()))
+    }
+}
+
+fn read_object(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(o)) => Ok(o),
+        Ok(_) => Err(format!("{}: not a JSON object", path.display())),
+        Err(e) => Err(format!("{}: not JSON: {e}", path.display())),
     }
 }
 

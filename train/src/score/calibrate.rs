@@ -112,38 +112,18 @@ pub fn run(args: &CalibrateArgs) -> Result<Value> {
     }))
 }
 
+/// The key an adapter's adapter.json keeps its calibration under.
+const ADAPTER_KEY: &str = "calibration";
+
 /// Records the calibration in `dir/adapter.json` (key `calibration`), keeping the rest.
 pub fn write_adapter(dir: &Path, cal: &Calibration) -> Result<()> {
-    let path = dir.join("adapter.json");
-    let mut v: Value = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let obj = v
-        .as_object_mut()
-        .with_context(|| format!("{}: not a JSON object", path.display()))?;
-    obj.insert("calibration".into(), serde_json::to_value(cal)?);
-    let tmp = dir.join(".adapter.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&v)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    cal.write_key(&dir.join("adapter.json"), ADAPTER_KEY)
+        .map_err(anyhow::Error::msg)
 }
 
 /// The calibration an adapter carries, if any (for `merge`).
 pub fn read_adapter(dir: &Path) -> Result<Option<Calibration>> {
-    let path = dir.join("adapter.json");
-    let v: Value = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    match v.get("calibration") {
-        None | Some(Value::Null) => Ok(None),
-        Some(c) => Ok(Some(
-            serde_json::from_value(c.clone())
-                .with_context(|| format!("{}: `calibration`", path.display()))?,
-        )),
-    }
+    Calibration::read_key(&dir.join("adapter.json"), ADAPTER_KEY).map_err(anyhow::Error::msg)
 }
 
 fn plot(stem: &Path, scored: &[Scored], cal: &Calibration) -> Result<Vec<PathBuf>> {
