@@ -3,6 +3,7 @@
 //! dozen small tensor ops per sequence and layer. The query heads that share a KV head
 //! (GQA) are handled together so each key and value row is read once.
 
+use super::attention_tile::{self, Tile, G_MAX, KB};
 use super::cache::HostBuf;
 use crate::math::fast_exp;
 
@@ -71,16 +72,9 @@ pub struct Shape {
     pub sliding_window: Option<usize>,
 }
 
-struct OutPtr(*mut f32);
-// SAFETY: work items write disjoint (row, head) slices.
-unsafe impl Sync for OutPtr {}
-
 /// Query rows per work item: long chunks split into many items, so both the threads and
 /// the causal triangle's uneven rows are balanced.
 const Q_BLOCK: usize = 16;
-/// Keys per block: a block of keys and values (2 × 64 × head_dim floats) stays in L1 while
-/// every query row of the item, and every query head sharing the KV head, uses it.
-const K_BLOCK: usize = 64;
 
 /// Rows `t0..t1` of sequence `si` against KV head `kvh`.
 struct Item {
@@ -90,17 +84,119 @@ struct Item {
     t1: usize,
 }
 
+/// A sequence's keys transposed block by block (`[n_kv][blocks][d][KB]`, blocks aligned at
+/// multiples of `KB`, zeros past the last key) and, for an f16 cache, its values as f32
+/// (`[n_kv][positions][d]`): made once per layer for a sequence with several row items, which
+/// all read them, instead of once per item.
+struct SharedKv {
+    kt: Vec<f32>,
+    v: Option<Vec<f32>>,
+    blocks: usize,
+    len: usize,
+}
+
+/// Where an item reads key block `b` (transposed) and the block's values.
+enum BlockSource<'a> {
+    Shared(&'a SharedKv),
+    /// Transposed (and converted) per item, into the scratch buffers.
+    PerItem,
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: the parallel passes below write disjoint slices through it.
+unsafe impl Sync for SyncPtr {}
+
+/// `keys` rows `0..nk` (stride `kstride`, `d` used) transposed into `kt` (`[d][KB]`, zeros
+/// past nk).
+fn transpose_block(keys: &[f32], kstride: usize, nk: usize, d: usize, kt: &mut [f32]) {
+    kt[..d * KB].fill(0.0);
+    for jj in 0..nk {
+        for (c, &x) in keys[jj * kstride..jj * kstride + d].iter().enumerate() {
+            kt[c * KB + jj] = x;
+        }
+    }
+}
+
+/// Prepares [`SharedKv`] for every sequence whose new rows span several items, in one
+/// parallel pass over (sequence, KV head, key block).
+fn share_kv(seqs: &[HostSeq<'_>], s: &Shape) -> Vec<Option<SharedKv>> {
+    let d = s.head_dim;
+    let mut shared: Vec<Option<SharedKv>> = seqs
+        .iter()
+        .map(|seq| {
+            (seq.t > Q_BLOCK).then(|| {
+                let len = seq.past + seq.t;
+                let blocks = len.div_ceil(KB);
+                SharedKv {
+                    kt: vec![0f32; s.n_kv * blocks * d * KB],
+                    v: matches!(seq.v, KvView::F16(_)).then(|| vec![0f32; s.n_kv * len * d]),
+                    blocks,
+                    len,
+                }
+            })
+        })
+        .collect();
+    let mut units = Vec::new();
+    let mut ptrs = Vec::new();
+    for (si, sh) in shared.iter_mut().enumerate() {
+        if let Some(sh) = sh {
+            for kvh in 0..s.n_kv {
+                for b in 0..sh.blocks {
+                    units.push((si, kvh, b));
+                }
+            }
+            ptrs.push((
+                si,
+                SyncPtr(sh.kt.as_mut_ptr()),
+                sh.v.as_mut().map(|v| SyncPtr(v.as_mut_ptr())),
+            ));
+        }
+    }
+    if units.is_empty() {
+        return shared;
+    }
+    let ptr_of = |si: usize| ptrs.iter().find(|p| p.0 == si).unwrap();
+    let kvw = s.n_kv * d;
+    let work = |range: std::ops::Range<usize>| {
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        for &(si, kvh, b) in &units[range] {
+            let seq = &seqs[si];
+            let len = seq.past + seq.t;
+            let blocks = len.div_ceil(KB);
+            let (k0, k1) = (b * KB, ((b + 1) * KB).min(len));
+            let (_, ktp, vp) = ptr_of(si);
+            let (keys, kstride) = seq.k.head_rows(kvh, d, kvw, k0, k1, &mut kbuf);
+            // SAFETY: unit (si, kvh, b) alone writes block b of KV head kvh of sequence si.
+            let kt = unsafe {
+                std::slice::from_raw_parts_mut(ktp.0.add((kvh * blocks + b) * d * KB), d * KB)
+            };
+            transpose_block(keys, kstride, k1 - k0, d, kt);
+            if let Some(vp) = vp {
+                let (vals, _) = seq.v.head_rows(kvh, d, kvw, k0, k1, &mut vbuf);
+                // SAFETY: as above, positions k0..k1 of KV head kvh.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(vp.0.add((kvh * len + k0) * d), (k1 - k0) * d)
+                };
+                dst.copy_from_slice(&vals[..(k1 - k0) * d]);
+            }
+        }
+    };
+    candle_core::utils::barrier_pool().execute_chunked(units.len(), work);
+    shared
+}
+
 /// `q`: `[n, n_heads * d]` packed rows; returns `[n, n_heads * d]`.
 ///
 /// Blocked ("flash-style") causal attention: each work item streams its visible keys in
 /// blocks with an online softmax (running max and sum, the accumulator rescaled when the max
 /// grows), so each key and value row is read once per item from cache rather than once per
 /// query row from memory, and no score row as long as the context is materialised. Cost per
-/// prompt token stays nearly flat as prompts grow.
+/// prompt token stays nearly flat as prompts grow. Scores and value sums are register tiles
+/// over up to six query vectors (`attention_tile`).
 pub fn attend(q: &[f32], n: usize, seqs: &[HostSeq<'_>], s: &Shape) -> Vec<f32> {
     let qw = s.n_heads * s.head_dim;
     let mut out = vec![0f32; n * qw];
-    let ptr = OutPtr(out.as_mut_ptr());
+    let ptr = SyncPtr(out.as_mut_ptr());
     let mut items = Vec::new();
     for (si, seq) in seqs.iter().enumerate() {
         for t0 in (0..seq.t).step_by(Q_BLOCK) {
@@ -113,13 +209,17 @@ pub fn attend(q: &[f32], n: usize, seqs: &[HostSeq<'_>], s: &Shape) -> Vec<f32> 
     // The threads take items in order: the costliest (last rows of long sequences) first.
     let cost = |it: &Item| (it.t1 - it.t0) * (seqs[it.si].past + it.t1);
     items.sort_by_key(|it| std::cmp::Reverse(cost(it)));
+    let shared = share_kv(seqs, s);
     let work = |range: std::ops::Range<usize>| {
         let ptr = &ptr;
         let mut scratch = Scratch::default();
         for it in &items[range] {
+            let src = shared[it.si]
+                .as_ref()
+                .map_or(BlockSource::PerItem, BlockSource::Shared);
             // SAFETY: an item writes only its own rows of sequence si, in the columns of
             // the query heads served by kvh.
-            unsafe { attend_item(q, &seqs[it.si], s, it, ptr.0, &mut scratch) };
+            unsafe { attend_item(q, &seqs[it.si], s, it, &src, ptr.0, &mut scratch) };
         }
     };
     let flops: usize = seqs.iter().map(|q| q.t * (q.past + q.t)).sum::<usize>() * qw;
@@ -134,12 +234,14 @@ pub fn attend(q: &[f32], n: usize, seqs: &[HostSeq<'_>], s: &Shape) -> Vec<f32> 
 /// Per-thread buffers reused across work items.
 #[derive(Default)]
 struct Scratch {
+    /// The item's query vectors (row-major over (row, head sharing the KV head)), scaled
+    /// by 1/√d: `[rows * rep, d]`.
+    qs: Vec<f32>,
     /// Unnormalised outputs, `[rows * rep, d]`.
     acc: Vec<f32>,
     /// Running max and sum of each query vector's scores.
     max: Vec<f32>,
     sum: Vec<f32>,
-    scores: Vec<f32>,
     /// The current key block, transposed.
     kt: Vec<f32>,
     k: Vec<f32>,
@@ -151,6 +253,7 @@ unsafe fn attend_item(
     seq: &HostSeq<'_>,
     s: &Shape,
     it: &Item,
+    src: &BlockSource<'_>,
     out: *mut f32,
     scratch: &mut Scratch,
 ) {
@@ -160,83 +263,102 @@ unsafe fn attend_item(
     let rep = s.n_heads / s.n_kv;
     let scale = 1.0 / (d as f32).sqrt();
     let rows = it.t1 - it.t0;
+    let nv = rows * rep;
     let Scratch {
+        qs,
         acc,
         max,
         sum,
-        scores,
         kt,
         k: kbuf,
         v: vbuf,
     } = scratch;
-    acc.clear();
-    acc.resize(rows * rep * d, 0.0);
-    max.clear();
-    max.resize(rows * rep, f32::NEG_INFINITY);
-    sum.clear();
-    sum.resize(rows * rep, 0.0);
-    scores.resize(K_BLOCK, 0.0);
-    // Query row i (position past + t0 + i) sees keys window_lo(i)..=past + t0 + i.
-    let window_lo = |qi: usize| s.sliding_window.map_or(0, |w| (qi + 1).saturating_sub(w));
-    let first = window_lo(seq.past + it.t0);
-    let end = seq.past + it.t1;
-    // The query heads kvh*rep .. kvh*rep+rep are adjacent in a row.
-    let qrow = |i: usize, r: usize| {
-        let base = (seq.row0 + it.t0 + i) * qw + (it.kvh * rep + r) * d;
-        &q[base..base + d]
-    };
-    let mut k0 = first;
-    while k0 < end {
-        let k1 = (k0 + K_BLOCK).min(end);
-        let (keys, kstride) = seq.k.head_rows(it.kvh, d, kvw, k0, k1, kbuf);
-        let (vals, vstride) = seq.v.head_rows(it.kvh, d, kvw, k0, k1, vbuf);
-        // This block's keys transposed to [d][K_BLOCK] (zeros past k1): a query's scores are
-        // then K_BLOCK-wide multiply-adds, with no horizontal sum per key.
-        kt.clear();
-        kt.resize(d * K_BLOCK, 0.0);
-        for jj in 0..k1 - k0 {
-            let kr = &keys[jj * kstride..jj * kstride + d];
-            for (c, &x) in kr.iter().enumerate() {
-                kt[c * K_BLOCK + jj] = x;
-            }
+    // Query vector vi = i * rep + r is row t0 + i, query head kvh * rep + r: the heads sharing
+    // the KV head are adjacent in a row, so the item's vectors are `rows` contiguous runs.
+    qs.clear();
+    qs.resize(nv * d, 0.0);
+    for i in 0..rows {
+        let base = (seq.row0 + it.t0 + i) * qw + it.kvh * rep * d;
+        for (x, &y) in qs[i * rep * d..(i + 1) * rep * d]
+            .iter_mut()
+            .zip(&q[base..base + rep * d])
+        {
+            *x = y * scale;
         }
-        for i in 0..rows {
-            let qi = seq.past + it.t0 + i;
-            let lo = window_lo(qi).max(k0);
-            let hi = (qi + 1).min(k1);
-            if lo >= hi {
-                continue;
-            }
-            for r in 0..rep {
-                let qv = qrow(i, r);
-                // Accumulated in a local array, which stays in registers over the loop.
-                let mut block = [0f32; K_BLOCK];
-                for (c, &qc) in qv.iter().enumerate() {
-                    let row: &[f32; K_BLOCK] =
-                        kt[c * K_BLOCK..(c + 1) * K_BLOCK].try_into().unwrap();
-                    for (x, k) in block.iter_mut().zip(row) {
-                        *x = qc.mul_add(*k, *x);
+    }
+    acc.clear();
+    acc.resize(nv * d, 0.0);
+    max.clear();
+    max.resize(nv, f32::NEG_INFINITY);
+    sum.clear();
+    sum.resize(nv, 0.0);
+    // Query position of vector vi; it sees keys window_lo(qi)..=qi.
+    let pos = |vi: usize| seq.past + it.t0 + vi / rep;
+    let window_lo = |qi: usize| s.sliding_window.map_or(0, |w| (qi + 1).saturating_sub(w));
+    let end = seq.past + it.t1;
+    let mut tile: Tile = [[0f32; KB]; G_MAX];
+    // Blocks aligned at multiples of KB, from the one holding the first visible key.
+    let mut k0 = window_lo(seq.past + it.t0) / KB * KB;
+    while k0 < end {
+        let k1 = (k0 + KB).min(end);
+        let nk = k1 - k0;
+        let b = k0 / KB;
+        let (kt, vals, vstride): (&[f32], &[f32], usize) = match src {
+            BlockSource::Shared(sh) => {
+                let kt = &sh.kt[(it.kvh * sh.blocks + b) * d * KB..][..d * KB];
+                match &sh.v {
+                    Some(v) => (kt, &v[(it.kvh * sh.len + k0) * d..], d),
+                    None => {
+                        let KvView::F32(v) = seq.v else {
+                            unreachable!("f16 values are shared as f32")
+                        };
+                        (kt, &v[k0 * kvw + it.kvh * d..], kvw)
                     }
                 }
-                let full = &mut scores[..K_BLOCK];
-                full.copy_from_slice(&block);
-                let sc = &mut full[lo - k0..hi - k0];
-                sc.iter_mut().for_each(|x| *x *= scale);
+            }
+            BlockSource::PerItem => {
+                let (keys, kstride) = seq.k.head_rows(it.kvh, d, kvw, k0, k1, kbuf);
+                kt.resize(d * KB, 0.0);
+                transpose_block(keys, kstride, nk, d, kt);
+                let (vals, vstride) = seq.v.head_rows(it.kvh, d, kvw, k0, k1, vbuf);
+                (&kt[..], vals, vstride)
+            }
+        };
+        for g0 in (0..nv).step_by(G_MAX) {
+            let g_n = (nv - g0).min(G_MAX);
+            // Positions grow with vi: the group sees nothing here if its last query is before
+            // the block or its first query's window starts after it.
+            if pos(g0 + g_n - 1) < k0 || window_lo(pos(g0)) >= k1 {
+                continue;
+            }
+            attention_tile::scores(g_n, &qs[g0 * d..], kt, d, &mut tile);
+            for (g, row) in tile.iter_mut().enumerate().take(g_n) {
+                let vi = g0 + g;
+                let qi = pos(vi);
+                let lo = window_lo(qi).max(k0);
+                let hi = (qi + 1).min(k1);
+                if lo >= hi {
+                    row.fill(0.0);
+                    continue;
+                }
+                // Whole-row (KB-wide) passes from here: invisible keys become -inf, so their
+                // probabilities are exactly 0, and the loops have no remainder.
+                row[..lo - k0].fill(f32::NEG_INFINITY);
+                row[hi - k0..].fill(f32::NEG_INFINITY);
                 if let Some(m) = seq.key_mask {
-                    for (j, x) in (lo..hi).zip(sc.iter_mut()) {
+                    for (j, x) in (lo..hi).zip(&mut row[lo - k0..hi - k0]) {
                         if j >= seq.past && !m[j - seq.past] {
                             *x = f32::NEG_INFINITY;
                         }
                     }
                 }
-                let block_max = crate::math::max(sc);
+                let block_max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 if block_max == f32::NEG_INFINITY {
+                    row.fill(0.0);
                     continue;
                 }
-                let vi = i * rep + r;
                 let old = max[vi];
                 let new = old.max(block_max);
-                let a = &mut acc[vi * d..(vi + 1) * d];
                 // Rescale what was accumulated under the old max (nothing yet: factor 0).
                 let corr = if old == f32::NEG_INFINITY {
                     0.0
@@ -244,34 +366,16 @@ unsafe fn attend_item(
                     fast_exp(old - new)
                 };
                 if corr != 1.0 {
-                    a.iter_mut().for_each(|x| *x *= corr);
+                    acc[vi * d..(vi + 1) * d]
+                        .iter_mut()
+                        .for_each(|x| *x *= corr);
                 }
-                // Probabilities (unnormalised) in place, then their sum and the weighted values.
-                sc.iter_mut().for_each(|x| *x = fast_exp(*x - new));
-                let block_sum = crate::math::sum(sc);
-                // 16 output dimensions at a time, their sums kept in registers over the keys.
-                for c0 in (0..d).step_by(16) {
-                    let w = (d - c0).min(16);
-                    let mut o = [0f32; 16];
-                    o[..w].copy_from_slice(&a[c0..c0 + w]);
-                    for (jj, &p) in sc.iter().enumerate() {
-                        let vr = (lo - k0 + jj) * vstride + c0;
-                        if w == 16 {
-                            let v: &[f32; 16] = vals[vr..vr + 16].try_into().unwrap();
-                            for (x, v) in o.iter_mut().zip(v) {
-                                *x = p.mul_add(*v, *x);
-                            }
-                        } else {
-                            for (x, v) in o.iter_mut().zip(&vals[vr..vr + w]) {
-                                *x = p.mul_add(*v, *x);
-                            }
-                        }
-                    }
-                    a[c0..c0 + w].copy_from_slice(&o[..w]);
-                }
-                sum[vi] = sum[vi] * corr + block_sum;
+                // Probabilities (unnormalised) in place.
+                row.iter_mut().for_each(|x| *x = fast_exp(*x - new));
+                sum[vi] = sum[vi] * corr + crate::math::sum(row);
                 max[vi] = new;
             }
+            attention_tile::values(g_n, &tile, vals, vstride, nk, d, &mut acc[g0 * d..]);
         }
         k0 = k1;
     }
@@ -372,10 +476,11 @@ mod tests {
             (20, 5, None, true, false),
             (130, 70, Some(100), true, true),
         ];
-        // head_dim 24: the value sums' partial 16-wide chunk.
+        // head_dim 24: the value tile's partial 16-wide chunk (portable path); 64 and 80: the
+        // 64-column and 16-column AVX-512 value tiles.
         for (case, &(t, past, window, padded, f16, head_dim)) in cases
             .iter()
-            .flat_map(|&(t, p, w, m, f)| [(t, p, w, m, f, 16), (t, p, w, m, f, 24)])
+            .flat_map(|&(t, p, w, m, f)| [16, 24, 64, 80].map(|hd| (t, p, w, m, f, hd)))
             .collect::<Vec<_>>()
             .iter()
             .enumerate()

@@ -7,6 +7,7 @@
 //! tokens of the batch; attention runs per sequence against its own cache.
 
 mod attention;
+mod attention_tile;
 mod cache;
 mod host_attention;
 pub mod layers;
