@@ -4,7 +4,11 @@
 //! baseline, for candle's stock ops on the same engine (ratios printed at the end).
 //!
 //! `cargo bench -p safeloop-shared --bench engine [-- --model PATH --new-tokens N
-//!  --prompt-tokens N --no-baseline]`
+//!  --prompt-tokens N --streams 1,4,16 --no-baseline --device cpu|cuda[:N] --dtype f32|bf16]`
+//!
+//! `--device cuda` (a `--features cuda` build) runs the engine on a GPU, where the model takes
+//! candle's ops (no baseline: the CPU kernels do not apply); `--dtype` is the compute dtype of a
+//! dense (safetensors) model. `scripts/gpu_check.sh` runs it that way.
 //!
 //! `-- --prefill-sweep 256,1024,4096,7900` measures only prefill, at each prompt length (one
 //! chunk of up to 2,048 tokens per step, as a server with that budget would), and prints
@@ -42,11 +46,51 @@ fn peak_rss_mib() -> f64 {
 
 struct Figures {
     prefill: f64,
-    /// Aggregate decode tokens/s at 1, 4, 16 streams.
-    decode: [f64; 3],
+    /// Aggregate decode tokens/s at each stream count.
+    decode: Vec<f64>,
 }
 
-const STREAMS: [usize; 3] = [1, 4, 16];
+/// `--name a,b,c` as numbers, or `default`.
+fn list_arg(name: &str, default: &[usize]) -> anyhow::Result<Vec<usize>> {
+    let Some(list) = arg(name) else {
+        return Ok(default.to_vec());
+    };
+    let v = list
+        .split(',')
+        .map(|x| x.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{name} {list}: {e}"))?;
+    anyhow::ensure!(
+        !v.is_empty() && !v.contains(&0),
+        "{name}: give positive numbers"
+    );
+    Ok(v)
+}
+
+/// `--device` and `--dtype` as load options: the CPU kernels on CPU, candle's ops on a GPU.
+fn load_options() -> anyhow::Result<LoadOptions> {
+    let device = match arg("--device").as_deref() {
+        None | Some("cpu") => candle_core::Device::Cpu,
+        Some(s) if s == "cuda" || s.starts_with("cuda:") => {
+            let n = s.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
+            candle_core::Device::new_cuda(n)
+                .map_err(|e| anyhow::anyhow!("--device {s}: {e} (build with --features cuda)"))?
+        }
+        Some(other) => anyhow::bail!("--device: `{other}` is not cpu, cuda or cuda:N"),
+    };
+    let dtype = match arg("--dtype").as_deref() {
+        None | Some("f32") => candle_core::DType::F32,
+        Some("bf16") => candle_core::DType::BF16,
+        Some("f16") => candle_core::DType::F16,
+        Some(other) => anyhow::bail!("--dtype: `{other}` is not f32, bf16 or f16"),
+    };
+    Ok(LoadOptions {
+        host_kernels: device.is_cpu(),
+        device,
+        dtype,
+        ..Default::default()
+    })
+}
 
 fn measure(
     label: &str,
@@ -54,18 +98,19 @@ fn measure(
     opts: &LoadOptions,
     new_tokens: usize,
     prompt_tokens: usize,
+    streams: &[usize],
 ) -> anyhow::Result<Figures> {
     let (mut engine, tok) = load_engine(label, model, opts)?;
     let prefill = prefill_rate(&mut engine, &tok, prompt_tokens, 3)?;
     println!("[{label}] prefill: {prefill:.1} tokens/s ({prompt_tokens} prompt tokens)");
-    let mut decode = [0.0; 3];
-    for (slot, &b) in STREAMS.iter().enumerate() {
-        decode[slot] = decode_rate(&mut engine, &tok, b, new_tokens)?;
+    let mut decode = vec![];
+    for &b in streams {
+        let rate = decode_rate(&mut engine, &tok, b, new_tokens)?;
         println!(
-            "[{label}] decode {b:>2} streams: {:7.1} tokens/s aggregate, {:6.1} per stream",
-            decode[slot],
-            decode[slot] / b as f64
+            "[{label}] decode {b:>2} streams: {rate:7.1} tokens/s aggregate, {:6.1} per stream",
+            rate / b as f64
         );
+        decode.push(rate);
     }
     Ok(Figures { prefill, decode })
 }
@@ -117,8 +162,13 @@ fn prefill_rate(
 }
 
 /// Prefill tokens/s at each prompt length, both engines, and the ratios.
-fn prefill_sweep(model: &Path, lengths: &[usize], baseline: bool) -> anyhow::Result<()> {
-    let mut engines = vec![("safeloop", LoadOptions::default())];
+fn prefill_sweep(
+    model: &Path,
+    lengths: &[usize],
+    opts: LoadOptions,
+    baseline: bool,
+) -> anyhow::Result<()> {
+    let mut engines = vec![("safeloop", opts)];
     if baseline {
         let opts = LoadOptions {
             host_kernels: false,
@@ -213,42 +263,53 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(safeloop_shared::assets::default_model_path);
     let new_tokens: usize = arg("--new-tokens").map_or(Ok(64), |s| s.parse())?;
     let prompt_tokens: usize = arg("--prompt-tokens").map_or(Ok(128), |s| s.parse())?;
-    if let Some(list) = arg("--prefill-sweep") {
-        let lengths = list
-            .split(',')
-            .map(|x| x.trim().parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()?;
-        anyhow::ensure!(!lengths.is_empty(), "--prefill-sweep: no lengths");
-        return prefill_sweep(&model, &lengths, !flag("--no-baseline"));
+    let opts = load_options()?;
+    // On a GPU there is no CPU-kernel baseline to compare with.
+    let baseline = !flag("--no-baseline") && opts.device.is_cpu();
+    if arg("--prefill-sweep").is_some() {
+        let lengths = list_arg("--prefill-sweep", &[])?;
+        return prefill_sweep(&model, &lengths, opts, baseline);
     }
+    let streams = list_arg("--streams", &[1, 4, 16])?;
     println!(
-        "model {}; {new_tokens} new tokens per stream, greedy",
-        model.display()
+        "model {}; {new_tokens} new tokens per stream, greedy; device {:?}",
+        model.display(),
+        opts.device
     );
     let ours = measure(
         "safeloop",
         &model,
-        &LoadOptions::default(),
+        &opts,
         new_tokens,
         prompt_tokens,
+        &streams,
     )?;
     let peak = peak_rss_mib();
     println!(
-        "[safeloop] batch-16 / batch-1 aggregate: {:.2}x",
-        ours.decode[2] / ours.decode[0]
+        "[safeloop] batch-{} / batch-{} aggregate: {:.2}x",
+        streams[streams.len() - 1],
+        streams[0],
+        ours.decode[streams.len() - 1] / ours.decode[0]
     );
     println!("[safeloop] peak memory (RSS): {peak:.0} MiB");
-    if flag("--no-baseline") {
+    if !baseline {
         return Ok(());
     }
     let base_opts = LoadOptions {
         host_kernels: false,
         ..Default::default()
     };
-    let base = measure("candle ops", &model, &base_opts, new_tokens, prompt_tokens)?;
+    let base = measure(
+        "candle ops",
+        &model,
+        &base_opts,
+        new_tokens,
+        prompt_tokens,
+        &streams,
+    )?;
     println!("\nsafeloop / candle-ops baseline (same process, same engine):");
     println!("  prefill       {:5.2}x", ours.prefill / base.prefill);
-    for (i, b) in STREAMS.iter().enumerate() {
+    for (i, b) in streams.iter().enumerate() {
         println!(
             "  decode {b:>2}     {:5.2}x",
             ours.decode[i] / base.decode[i]

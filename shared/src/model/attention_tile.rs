@@ -85,7 +85,7 @@ fn values_g<const G: usize>(
     acc: &mut [f32],
 ) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    if d % 16 == 0 {
+    if d.is_multiple_of(16) {
         let mut c0 = 0;
         // SAFETY: AVX-512F is enabled (cfg); `values` checked that every row j < nk has d
         // elements from its start and that acc holds G rows of d; columns stay below d.
@@ -153,6 +153,7 @@ unsafe fn scores_avx512<const G: usize>(q: *const f32, kt: *const f32, d: usize,
 /// Columns `c0 .. c0 + 16·W` of the P·V tile.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // j also addresses the value row
 unsafe fn values_avx512<const G: usize, const W: usize>(
     p: &Tile,
     v: *const f32,

@@ -67,13 +67,24 @@ pub fn log_prob(logits: &[f32], id: u32) -> f32 {
     logits[id as usize] - lse
 }
 
-/// Both compute paths: safeloop's CPU kernels, and candle ops only (the GPU path).
-pub fn both_paths() -> [safeloop_shared::LoadOptions; 2] {
-    [
-        safeloop_shared::LoadOptions::default(),
-        safeloop_shared::LoadOptions {
+/// Both compute paths: safeloop's CPU kernels, and candle ops only (the GPU path). With
+/// `SAFELOOP_TEST_DEVICE=cuda` (a `--features cuda` build on a GPU; `scripts/gpu_check.sh`),
+/// the candle-ops path on the GPU instead, f32, against the same golden outputs.
+pub fn both_paths() -> Vec<safeloop_shared::LoadOptions> {
+    match std::env::var("SAFELOOP_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => vec![
+            safeloop_shared::LoadOptions::default(),
+            safeloop_shared::LoadOptions {
+                host_kernels: false,
+                ..Default::default()
+            },
+        ],
+        Ok("cuda") => vec![safeloop_shared::LoadOptions {
+            device: candle_core::Device::new_cuda(0)
+                .expect("SAFELOOP_TEST_DEVICE=cuda: no CUDA device (built with --features cuda?)"),
             host_kernels: false,
             ..Default::default()
-        },
-    ]
+        }],
+        Ok(other) => panic!("SAFELOOP_TEST_DEVICE: `{other}` is not cpu or cuda"),
+    }
 }
