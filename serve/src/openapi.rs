@@ -133,10 +133,16 @@ fn nullable(mut s: Value) -> Value {
     }
 }
 
+/// An integer field from `min` to `max`; with no limit of its own, to what the server parses (an i64 — a larger
+/// JSON integer is refused as the wrong type, so the document must not admit it).
 fn bounded_int(min: i64, max: Option<usize>) -> Value {
     let mut s = json!({"type": "integer", "minimum": min});
-    if let Some(m) = max {
-        s["maximum"] = json!(m);
+    match max {
+        Some(m) => s["maximum"] = json!(m),
+        None => {
+            s["maximum"] = json!(i64::MAX);
+            s["format"] = json!("int64");
+        }
     }
     s
 }
@@ -421,6 +427,11 @@ mod tests {
             127
         );
         assert_eq!(s["Prompt"]["oneOf"][2]["items"]["maximum"], 99);
+        // No limit of its own: what the request parser takes (a fuzzer found 6.5e30 admitted, then refused).
+        assert_eq!(
+            s["SamplingFields"]["properties"]["top_k"]["maximum"],
+            i64::MAX
+        );
         assert_eq!(
             s["GateOverride"]["properties"]["action"]["enum"],
             json!(["resample", "block"])

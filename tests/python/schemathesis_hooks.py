@@ -6,9 +6,33 @@ name, which answer 400 with code `conflicting_parameters` or `context_length_exc
 400/422 on schema-valid data means the document promises more than the validator accepts.
 """
 
+import ast
 import json
+import linecache
+import pathlib
 
 import schemathesis
+
+
+def _parse_lambda_sources_now():
+    """Hypothesis names a lambda (in a strategy's repr, while it validates one) by parsing the whole source file that
+    defines it, the first time, then caches the result. Inside schemathesis's coverage phase that parse happens deep in
+    the recursion over the chat request schema, where Python 3.11's AST constructor failed ("SystemError: AST
+    constructor recursion depth mismatch") — a crash of the tool, in about half the runs, not a finding. Parsing
+    schemathesis's own files here, at the top of the stack, fills that cache first. Hypothesis internals, so any
+    mismatch (another version) just skips it."""
+    try:
+        from hypothesis.internal import lambda_sources
+
+        for path in sorted(pathlib.Path(schemathesis.__file__).parent.rglob("*.py")):
+            lines = tuple(linecache.getlines(str(path)))
+            if lines and any("lambda" in line for line in lines):
+                lambda_sources.AST_LAMBDAS_CACHE[lines] = lambda_sources.extract_all_lambdas(ast.parse("".join(lines)))
+    except Exception:  # noqa: BLE001 — best effort, see above
+        pass
+
+
+_parse_lambda_sources_now()
 
 CROSS_FIELD_CODES = {"conflicting_parameters", "context_length_exceeded"}
 
