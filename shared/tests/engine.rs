@@ -418,3 +418,50 @@ fn prefix_cache_reuses_shared_prompt_prefixes_exactly() {
     assert_eq!(warm.take_prefix_hit_tokens(), 0);
     assert_eq!(c.prompt_logprobs.len(), p[2].len());
 }
+
+/// Prefill chunks go to the prompt with the fewest tokens left first, so a short prompt admitted behind a long one
+/// gets its first token in the first step instead of after every chunk of the long one; and a prompt passed over
+/// four steps in a row goes first, so a stream of short prompts cannot starve it.
+#[test]
+fn short_prompts_prefill_first_and_long_ones_are_not_starved() {
+    let mut e = engine(
+        "llama-gqa",
+        EngineConfig {
+            max_batch_tokens: 8,
+            prefix_cache_tokens: 0,
+            ..Default::default()
+        },
+    );
+    let long: Vec<u32> = (0..40).map(|i| 5 + (i * 7) % 90).collect();
+    let short = |k: u32, len: u32| (0..len).map(|i| 3 + (k * 5 + i) % 90).collect::<Vec<u32>>();
+    let one = SamplingParams {
+        max_tokens: Some(1),
+        ..greedy12()
+    };
+    let long_id = e.add_request(long, one.clone()).unwrap();
+    let first_short = e.add_request(short(0, 5), one.clone()).unwrap();
+    let updates = e.step().unwrap();
+    assert!(
+        updates
+            .iter()
+            .any(|u| u.id == first_short && u.token.is_some()),
+        "the 5-token prompt is answered in the first step, not behind the 40-token one"
+    );
+    // Then a new 8-token prompt every step: each would take the whole budget, so shortest-first alone would never
+    // give the long prompt (37 tokens left) another token.
+    let mut long_done_at = None;
+    for step in 1..60 {
+        e.add_request(short(step, 8), one.clone()).unwrap();
+        let updates = e.step().unwrap();
+        if updates.iter().any(|u| u.id == long_id && u.token.is_some()) {
+            long_done_at = Some(step);
+            break;
+        }
+    }
+    let at = long_done_at.expect("the long prompt starved behind a stream of short ones");
+    // Passed over 4 steps, then first for an 8-token chunk: 37 tokens in 5 chunks, the last at step 25.
+    assert!(
+        (20..=26).contains(&at),
+        "the long prompt finished at step {at}"
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Continuous batching: each `step()` admits waiting requests (up to `max_running`), gives
 //! every decoding sequence one token, fills the rest of the token budget with prefill chunks
-//! (long prompts are split across steps), runs one packed forward pass, and samples. Finished
+//! (shortest remaining prompt first; long prompts are split across steps), runs one packed
+//! forward pass, and samples. Finished
 //! and cancelled sequences leave at once and free their KV cache.
 
 mod detokenize;
@@ -48,6 +49,9 @@ impl Model for CausalLm {
         self.config().vocab_size
     }
 }
+
+/// Steps a prefilling sequence may be passed over for shorter prompts before it goes first.
+const PASSED_OVER_MAX: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -251,6 +255,7 @@ impl<M: Model> Engine<M> {
             finish: None,
             cancelled: false,
             stop_ids,
+            passed_over: 0,
         });
         Ok(id)
     }
@@ -322,13 +327,27 @@ impl<M: Model> Engine<M> {
                 stats.decode_tokens += 1;
             }
         }
-        for (i, s) in self.running.iter().enumerate() {
-            if s.in_prefill() && budget > 0 {
-                let n = (s.prompt.len() - s.computed).min(budget);
-                plan[i] = Some((s.computed, n));
-                budget -= n;
-                stats.prefill_tokens += n;
+        // Prefill chunks, fewest remaining prompt tokens first: a short prompt (a new turn whose conversation is in
+        // the prefix cache) is not held a whole step behind a long one's chunks, which is what a TTFT tail is made of.
+        // A prompt passed over PASSED_OVER_MAX steps in a row goes first, so a stream of short ones cannot starve it.
+        let mut order: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].in_prefill())
+            .collect();
+        order.sort_by_key(|&i| {
+            let s = &self.running[i];
+            (s.passed_over < PASSED_OVER_MAX, s.prompt.len() - s.computed)
+        });
+        for i in order {
+            let s = &mut self.running[i];
+            if budget == 0 {
+                s.passed_over += 1;
+                continue;
             }
+            let n = (s.prompt.len() - s.computed).min(budget);
+            plan[i] = Some((s.computed, n));
+            budget -= n;
+            stats.prefill_tokens += n;
+            s.passed_over = 0;
         }
         stats.batch_size = plan.iter().filter(|p| p.is_some()).count();
 

@@ -53,6 +53,8 @@ pub(crate) struct Sequence {
     pub finish: Option<FinishReason>,
     pub cancelled: bool,
     pub stop_ids: Vec<u32>,
+    /// Steps in a row this sequence spent in prefill without a chunk (the budget went to shorter prompts).
+    pub passed_over: u32,
 }
 
 impl Sequence {
