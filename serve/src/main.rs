@@ -46,21 +46,6 @@ enum Command {
     Logs(logs::LogsArgs),
 }
 
-fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
-    match spec {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let n: usize = s
-                .strip_prefix("cuda:")
-                .map_or(Ok(0), str::parse)
-                .map_err(|_| anyhow::anyhow!("--device: bad GPU index in `{s}`"))?;
-            candle_core::Device::new_cuda(n)
-                .map_err(|e| anyhow::anyhow!("--device {s}: {e} (build with --features cuda)"))
-        }
-        other => anyhow::bail!("--device: `{other}` is not cpu, cuda or cuda:N"),
-    }
-}
-
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -74,7 +59,8 @@ fn main() {
         Some(Command::Logs(a)) => logs::run(a),
         None => (|| {
             let cfg = config::ServeConfig::resolve(cli.serve)?;
-            let dev = device(&cli.device)?;
+            let dev =
+                safeloop_shared::runtime::parse_device(&cli.device).map_err(anyhow::Error::msg)?;
             safeloop_shared::runtime::init_cpu_threads();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -69,15 +69,9 @@ fn list_arg(name: &str, default: &[usize]) -> anyhow::Result<Vec<usize>> {
 
 /// `--device` and `--dtype` as load options: the CPU kernels on CPU, candle's ops on a GPU.
 fn load_options() -> anyhow::Result<LoadOptions> {
-    let device = match arg("--device").as_deref() {
-        None | Some("cpu") => candle_core::Device::Cpu,
-        Some(s) if s == "cuda" || s.starts_with("cuda:") => {
-            let n = s.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
-            candle_core::Device::new_cuda(n)
-                .map_err(|e| anyhow::anyhow!("--device {s}: {e} (build with --features cuda)"))?
-        }
-        Some(other) => anyhow::bail!("--device: `{other}` is not cpu, cuda or cuda:N"),
-    };
+    let device =
+        safeloop_shared::runtime::parse_device(arg("--device").as_deref().unwrap_or("cpu"))
+            .map_err(anyhow::Error::msg)?;
     let dtype = match arg("--dtype").as_deref() {
         None | Some("f32") => candle_core::DType::F32,
         Some("bf16") => candle_core::DType::BF16,

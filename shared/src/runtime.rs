@@ -1,4 +1,4 @@
-//! Process-wide CPU settings.
+//! Process-wide CPU settings, and the `--device` spelling every binary takes.
 
 use std::sync::Once;
 
@@ -16,4 +16,35 @@ pub fn init_cpu_threads() {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
     });
+}
+
+/// `cpu`, `cuda` or `cuda:N` as a candle device; the error names the flag and says what went wrong (a bad
+/// spelling, a bad GPU index, or a build without `--features cuda` / no GPU).
+pub fn parse_device(spec: &str) -> std::result::Result<candle_core::Device, String> {
+    match spec {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| format!("--device: bad GPU index in `{s}`"))?;
+            candle_core::Device::new_cuda(n)
+                .map_err(|e| format!("--device {s}: {e} (build with --features cuda)"))
+        }
+        other => Err(format!("--device: `{other}` is not cpu, cuda or cuda:N")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn device_specs() {
+        assert!(super::parse_device("cpu").unwrap().is_cpu());
+        assert!(super::parse_device("cuda:x")
+            .unwrap_err()
+            .contains("bad GPU index"));
+        assert!(super::parse_device("tpu")
+            .unwrap_err()
+            .contains("not cpu, cuda or cuda:N"));
+    }
 }

@@ -136,46 +136,53 @@ fn share_kv(seqs: &[HostSeq<'_>], s: &Shape) -> Vec<Option<SharedKv>> {
             })
         })
         .collect();
-    let mut units = Vec::new();
-    let mut ptrs = Vec::new();
-    for (si, sh) in shared.iter_mut().enumerate() {
-        if let Some(sh) = sh {
-            for kvh in 0..s.n_kv {
-                for b in 0..sh.blocks {
-                    units.push((si, kvh, b));
-                }
-            }
-            ptrs.push((
-                si,
-                SyncPtr(sh.kt.as_mut_ptr()),
-                sh.v.as_mut().map(|v| SyncPtr(v.as_mut_ptr())),
-            ));
-        }
+    // Where each unit writes: the sequence's buffers as raw pointers (units write disjoint blocks), and their shape.
+    struct Target {
+        kt: SyncPtr,
+        v: Option<SyncPtr>,
+        blocks: usize,
+        len: usize,
     }
+    let mut units = Vec::new();
+    let targets: Vec<Option<Target>> = shared
+        .iter_mut()
+        .enumerate()
+        .map(|(si, sh)| {
+            let sh = sh.as_mut()?;
+            for kvh in 0..s.n_kv {
+                units.extend((0..sh.blocks).map(|b| (si, kvh, b)));
+            }
+            Some(Target {
+                kt: SyncPtr(sh.kt.as_mut_ptr()),
+                v: sh.v.as_mut().map(|v| SyncPtr(v.as_mut_ptr())),
+                blocks: sh.blocks,
+                len: sh.len,
+            })
+        })
+        .collect();
     if units.is_empty() {
         return shared;
     }
-    let ptr_of = |si: usize| ptrs.iter().find(|p| p.0 == si).unwrap();
     let kvw = s.n_kv * d;
     let work = |range: std::ops::Range<usize>| {
         let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
         for &(si, kvh, b) in &units[range] {
             let seq = &seqs[si];
-            let len = seq.past + seq.t;
-            let blocks = len.div_ceil(KB);
-            let (k0, k1) = (b * KB, ((b + 1) * KB).min(len));
-            let (_, ktp, vp) = ptr_of(si);
+            let t = targets[si]
+                .as_ref()
+                .expect("units come from shared sequences");
+            let (k0, k1) = (b * KB, ((b + 1) * KB).min(t.len));
             let (keys, kstride) = seq.k.head_rows(kvh, d, kvw, k0, k1, &mut kbuf);
             // SAFETY: unit (si, kvh, b) alone writes block b of KV head kvh of sequence si.
             let kt = unsafe {
-                std::slice::from_raw_parts_mut(ktp.0.add((kvh * blocks + b) * d * KB), d * KB)
+                std::slice::from_raw_parts_mut(t.kt.0.add((kvh * t.blocks + b) * d * KB), d * KB)
             };
             transpose_block(keys, kstride, k1 - k0, d, kt);
-            if let Some(vp) = vp {
+            if let Some(vp) = &t.v {
                 let (vals, _) = seq.v.head_rows(kvh, d, kvw, k0, k1, &mut vbuf);
                 // SAFETY: as above, positions k0..k1 of KV head kvh.
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(vp.0.add((kvh * len + k0) * d), (k1 - k0) * d)
+                    std::slice::from_raw_parts_mut(vp.0.add((kvh * t.len + k0) * d), (k1 - k0) * d)
                 };
                 dst.copy_from_slice(&vals[..(k1 - k0) * d]);
             }
