@@ -462,6 +462,13 @@ fn calibrate_writes_the_threshold_that_merge_and_eval_score_carry() {
             .unwrap();
     assert_eq!(cfg["safeloop_calibration"]["threshold"].as_f64(), Some(t));
     assert_eq!(cfg["score_pooling"], "mean");
+    // inspect shows what the server will gate with.
+    let (ok, stdout, err) = run(&["inspect", "--model", s(&merged)]);
+    assert!(ok, "inspect failed: {err}");
+    let info: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(info["score_type"], "cost", "{info}");
+    assert_eq!(info["score_pooling"], "mean", "{info}");
+    assert_eq!(info["calibration"]["threshold"].as_f64(), Some(t), "{info}");
     // Bad input: a target outside [0, 1) names the flag; nothing is written.
     let (ok, _, err) = run(&[
         "calibrate",
@@ -474,5 +481,115 @@ fn calibrate_writes_the_threshold_that_merge_and_eval_score_carry() {
     ]);
     assert!(!ok);
     assert!(err.contains("--target-false-flag-rate"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_shortened_backbone_trains_saves_merges_and_serves_with_its_layer_count() {
+    let dir = tmp("layers");
+    let (pairs, qa) = (dir.join("pairs.jsonl"), dir.join("qa.jsonl"));
+    head(&data("pku_safety_pairs_dev.jsonl"), 10, &pairs);
+    head(&data("safety_qa_dev.jsonl"), 12, &qa);
+    let out = dir.join("run");
+    let adapter = dir.join("adapter");
+    let summary = cost_run(
+        &pairs,
+        &qa,
+        &out,
+        &[
+            "--layers",
+            "1",
+            "--lora-rank",
+            "0",
+            "--head-only",
+            "--pooling",
+            "mean",
+            "--adapter-out",
+            s(&adapter),
+            "--cache-activations",
+            s(&dir.join("cache")),
+        ],
+    );
+    // llama-gqa has two layers; the model keeps the first, in its config and its tensors.
+    let model = out.join("model");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 1, "{cfg}");
+    let names = safeloop_shared::weights::safetensors_files(&model)
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            safetensors::SafeTensors::deserialize(&bytes)
+                .unwrap()
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>();
+    assert!(names.iter().any(|n| n.starts_with("model.layers.0.")));
+    assert!(
+        !names.iter().any(|n| n.starts_with("model.layers.1.")),
+        "{names:?}"
+    );
+    // The saved model scores as it did in training (the last evaluation, on the same files).
+    let saved = eval_line(&model, &pairs, "96");
+    let trained = last_eval(&summary, 0);
+    assert!(
+        (saved["loss"].as_f64().unwrap() - trained["loss"].as_f64().unwrap()).abs() < 1e-3,
+        "{saved} vs {trained}"
+    );
+    // merge rebuilds the one-layer model from the two-layer base and the adapter.
+    let merged = dir.join("merged");
+    let (ok, _, err) = run(&[
+        "merge",
+        "--base",
+        s(&golden_dir("llama-gqa")),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&merged),
+    ]);
+    assert!(ok, "merge failed: {err}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 1, "{cfg}");
+    assert_eq!(eval_line(&merged, &pairs, "96")["loss"], saved["loss"]);
+    // The server's (candle) scorer loads it as a cost model and gates with it.
+    let server = safeloop_tests::Server::start(&[
+        "--model",
+        s(&golden_dir("llama-gqa")),
+        "--cost-model",
+        s(&merged),
+    ]);
+    let m: Value = reqwest::blocking::Client::new()
+        .post(server.url("/v1/moderations"))
+        .json(&serde_json::json!({"input": "How do I bake bread?"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(m["results"][0]["cost"].is_number(), "{m}");
+    // Bad input: more layers than the model has is named.
+    let (ok, _, err) = run(&[
+        "train-score",
+        "--model",
+        s(&golden_dir("llama-gqa")),
+        "--kind",
+        "cost",
+        "--data",
+        s(&qa),
+        "--out",
+        s(&dir.join("bad")),
+        "--layers",
+        "3",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot keep 3 layers of a model with 2"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -89,15 +89,36 @@ enum Command {
 }
 
 fn describe(cfg: &ModelConfig, path: &std::path::Path, eos: &[u32]) -> serde_json::Value {
-    let (kind, score_dim) = match &cfg.head {
-        Head::CausalLm => ("causal_lm", None),
-        Head::Score { score_dim, .. } => ("score", Some(*score_dim)),
+    let (kind, score_dim, score_type, pooling) = match &cfg.head {
+        Head::CausalLm => ("causal_lm", None, None, None),
+        Head::Score {
+            score_dim,
+            score_type,
+            pooling,
+            ..
+        } => (
+            "score",
+            Some(*score_dim),
+            score_type.clone(),
+            Some(*pooling),
+        ),
+    };
+    // A score model's gate threshold (`safeloop-train calibrate`), if it has one.
+    let calibration = if path.is_dir() && score_dim.is_some() {
+        safeloop_shared::calibration::Calibration::read(path)
+            .ok()
+            .flatten()
+    } else {
+        None
     };
     serde_json::json!({
         "path": path.display().to_string(),
         "family": cfg.family.name(),
         "kind": kind,
         "score_dim": score_dim,
+        "score_type": score_type,
+        "score_pooling": pooling,
+        "calibration": calibration,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "layers": cfg.num_hidden_layers,

@@ -364,6 +364,8 @@ pub fn save_adapter(model: &Model, dir: &Path, kind: Kind, meta: Value) -> Resul
         Head::CausalLm => (None, None, None),
     };
     let info = json!({
+        // The base's first N layers: a model shortened with `train-score --layers N` rebuilds shortened.
+        "num_hidden_layers": model.cfg.num_hidden_layers,
         "lora": model.lora,
         "score_dim": score_dim,
         "score_bias": bias,
@@ -392,7 +394,16 @@ pub fn load_adapter(base: &Path, adapter: &Path, device: tch::Device) -> Result<
         },
         None => super::HeadKind::Lm,
     };
-    let mut model = Model::load(base, Some(head), device)?;
+    let keep = match &info["num_hidden_layers"] {
+        Value::Null => None,
+        v => Some(v.as_u64().with_context(|| {
+            format!(
+                "{}: num_hidden_layers `{v}` is not a layer count",
+                adapter.join("adapter.json").display()
+            )
+        })? as usize),
+    };
+    let mut model = Model::load_layers(base, Some(head), device, keep)?;
     if let Some(score_type) = info["meta"]["score_type"].as_str() {
         if let Head::Score { score_type: st, .. } = &mut model.cfg.head {
             *st = Some(score_type.to_string());

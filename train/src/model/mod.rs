@@ -205,8 +205,31 @@ impl Model {
     /// of a causal-LM directory starts fresh (zero bias, normal(0, 0.02) weight) — how reward models are initialised
     /// from a policy.
     pub fn load(dir: &Path, head: Option<HeadKind>, device: Device) -> Result<Self> {
-        let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))
+        Self::load_layers(dir, head, device, None)
+    }
+
+    /// [`Model::load`] keeping only the first `keep` decoder layers (all when `None`): the final norm and the head
+    /// then read layer `keep`'s output. The saved config says `keep` layers, so every loader (the server's too)
+    /// builds the same shortened model.
+    pub fn load_layers(
+        dir: &Path,
+        head: Option<HeadKind>,
+        device: Device,
+        keep: Option<usize>,
+    ) -> Result<Self> {
+        let mut cfg = ModelConfig::from_hf_file(&dir.join("config.json"))
             .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+        if let Some(k) = keep {
+            if k == 0 || k > cfg.num_hidden_layers {
+                bail!(
+                    "{}: cannot keep {k} layers of a model with {} (1..={})",
+                    dir.display(),
+                    cfg.num_hidden_layers,
+                    cfg.num_hidden_layers
+                );
+            }
+            cfg.num_hidden_layers = k;
+        }
         if cfg.rope_interleaved {
             bail!("{}: interleaved-RoPE checkpoints are GGUF-only; run `safeloop-train convert` first", dir.display());
         }

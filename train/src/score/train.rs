@@ -95,6 +95,12 @@ pub struct TrainScoreArgs {
     /// server and the trainer's scorers pool the same way.
     #[arg(long, value_parser = parse_pooling)]
     pub pooling: Option<ScorePooling>,
+    /// Keep only the backbone's first N decoder layers: the final norm and the score head read layer N's output.
+    /// A middle layer's features can separate safe from unsafe better than the last layer's (which is shaped for
+    /// next-token prediction), and the shortened model costs N/total of a full forward to train and to serve.
+    /// Saved in config.json (and the adapter), so every loader builds the same shortened model.
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
     /// Cost models: the gate threshold at which `eval` reports precision, recall and the false-flag rate.
     #[arg(long, default_value_t = 0.0)]
     pub threshold: f64,
@@ -192,7 +198,7 @@ pub fn run(args: &TrainScoreArgs) -> Result<Value> {
     let mut model = if resuming {
         load_adapter(&args.model, &ckpt, device)?
     } else {
-        Model::load(&args.model, Some(head), device)?
+        Model::load_layers(&args.model, Some(head), device, args.layers)?
     };
     if let safeloop_shared::config::Head::Score { score_type, .. } = &mut model.cfg.head {
         *score_type = Some(args.kind.name().to_string());
