@@ -28,6 +28,12 @@ CONFIGS=(
   # Linear probe, then fine-tune (LP-FT): start from the trained head of head-mean-lr3e-3-e30 (a fresh head learns
   # too slowly at a learning rate the upper layers can take).
   "lpft-L28-lr1e-4|--model $OUT/head-mean-lr3e-3-e30/model --freeze-layers 28 --lr 1e-4 --epochs 3 --max-length 256"
+  # The same probe on a shortened backbone (`--layers N`: the norm and head read layer N's output): middle layers
+  # separate safe from unsafe better than the last, and the model costs N/30 of a full forward.
+  "head-mean-L20-e30|--layers 20 --head-only --pooling mean --lr 3e-3 --epochs 30 --max-length 256"
+  "head-mean-L15-e30|--layers 15 --head-only --pooling mean --lr 3e-3 --epochs 30 --max-length 256"
+  # LP-FT of the 15-layer model's top two layers (13–14) from its probe: the default cost model.
+  "lpft-L15-top2-lr1e-4|--model $OUT/head-mean-L15-e30/model --freeze-layers 13 --lr 1e-4 --epochs 3 --max-length 256"
 )
 
 want=("$@")

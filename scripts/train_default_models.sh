@@ -6,8 +6,10 @@
 #    first trained layer, ~0.8 GB per layer for the cost data), so epochs cost only the trained layers;
 #  - score = the mean of the per-token scores (`--pooling mean`), which beat the last-token score in the sweep
 #    (scripts/sweep_score_models.sh, README "Cost model sweep");
-#  - cost: a linear probe (head only, 30 epochs), then layers 28–29, the final norm and the head fine-tuned from
-#    it (LP-FT, 3 epochs), then the gate threshold calibrated on the dev files for a 10% false-flag rate;
+#  - cost: the first 15 of SmolLM2's 30 layers (`--layers 15`: the middle layers' features separate safe from
+#    unsafe better than the last layer's, README "Cost model sweep"), a linear probe on them (head only, 30
+#    epochs), then layers 13–14, the final norm and the head fine-tuned from it (LP-FT, 3 epochs), then the gate
+#    threshold calibrated on the dev files for a 10% false-flag rate;
 #  - reward: a head on the frozen model (1 epoch) on PKU-SafeRLHF + HH-RLHF helpfulness pairs;
 #  - judge: a linear probe on the *dev* safety labels only, never used for training or gating.
 # Outputs go to runs/ (git-ignored); copy runs/cost-adapter to models/cost-smollm2 and runs/reward-adapter to
@@ -26,10 +28,11 @@ COST_DATA=(--data "$D/pku_safety_pairs_train.jsonl" "$D/pku_saferlhf_train.jsonl
   --eval "$D/pku_safety_pairs_dev.jsonl" "$D/safety_qa_dev.jsonl")
 PROBE=(--head-only --pooling mean --lr 3e-3 --epochs 30)
 
-# Cost model: probe, then LP-FT of the top two layers, then calibration.
-$T train-score --model "$BASE" --kind cost "${COST_DATA[@]}" --out runs/cost-probe "${PROBE[@]}" "${COMMON[@]}"
+# Cost model: a probe on the first 15 layers, then LP-FT of its top two layers, then calibration.
+$T train-score --model "$BASE" --layers 15 --kind cost "${COST_DATA[@]}" --out runs/cost-probe "${PROBE[@]}" \
+  "${COMMON[@]}"
 $T train-score --model runs/cost-probe/model --kind cost "${COST_DATA[@]}" --out runs/cost \
-  --adapter-out runs/cost-adapter --freeze-layers 28 --lr 1e-4 --epochs 3 "${COMMON[@]}"
+  --adapter-out runs/cost-adapter --freeze-layers 13 --lr 1e-4 --epochs 3 "${COMMON[@]}"
 $T calibrate --model runs/cost/model --data "$D/safety_qa_dev.jsonl" "$D/pku_safety_pairs_dev.jsonl" \
   --target-false-flag-rate 0.1 --adapter runs/cost-adapter --plot docs/img/cost-calibration
 
