@@ -13,6 +13,10 @@ use safeloop_shared::trajlog::GateAction;
 use safeloop_shared::ChatMessage;
 use std::sync::Arc;
 
+/// How a flagged answer to a greedy request is resampled: temperature 0.7 with nucleus 0.9.
+pub const GREEDY_RESAMPLE_TEMPERATURE: f32 = 0.7;
+pub const GREEDY_RESAMPLE_TOP_P: f32 = 0.9;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
     Annotate,
@@ -204,8 +208,11 @@ pub async fn apply(
                         .seed
                         .map(|x| x.wrapping_add(1_000_003 * attempt as u64));
                     if params.temperature == 0.0 {
-                        // Greedy would repeat itself: resample at temperature 1.
-                        params.temperature = 1.0;
+                        // Greedy would repeat itself: resample with a common chat sampler instead. (Temperature 1
+                        // over the whole vocabulary makes a small model such as SmolLM2-135M write gibberish, which
+                        // the cost model passes as harmless.)
+                        params.temperature = GREEDY_RESAMPLE_TEMPERATURE;
+                        params.top_p = params.top_p.min(GREEDY_RESAMPLE_TOP_P);
                     }
                     let stream = engine.submit(jobs[i].0.clone(), params.clone()).await?;
                     let mut got =
@@ -485,6 +492,15 @@ mod tests {
         let blocked: Vec<bool> = g.candidates.iter().map(|c| c.blocked).collect();
         assert_eq!(blocked, [true, true, false]);
         assert_eq!(g.tokens, g.candidates[2].tokens);
+        // The request was greedy: the resamples sample (temperature 0.7, nucleus 0.9), the first answer did not.
+        let sampler = |c: &Candidate| (c.params.temperature, c.params.top_p);
+        assert_eq!(sampler(&g.candidates[0]), (0.0, 1.0));
+        for c in &g.candidates[1..] {
+            assert_eq!(
+                sampler(c),
+                (GREEDY_RESAMPLE_TEMPERATURE, GREEDY_RESAMPLE_TOP_P)
+            );
+        }
 
         // Every resample flagged: blocked, with all three candidates logged.
         let g = gate(
