@@ -7,6 +7,7 @@
 # the difference is the gate's own cost (scoring every choice, or every window).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/serve_url.sh
 bash scripts/setup.sh >/dev/null
 cargo build --release -q -p safeloop-serve
 COST_MODEL=${COST_MODEL:-../shared/golden/llama-gqa-score}
@@ -18,12 +19,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 run() { # label, loadgen flags, server flags...
   local label=$1 lg=$2; shift 2
   "$SERVE" --port 0 "$@" 2>"$OUT/$label.log" &
-  local pid=$! url=""
-  for _ in $(seq 1 600); do
-    url=$(sed -n 's/^safeloop-serve: listening on //p' "$OUT/$label.log" | head -n1)
-    if [ -n "$url" ] && curl -sf "$url/health" >/dev/null 2>&1; then break; fi
-    sleep 0.1
-  done
+  local pid=$! url
+  url=$(serve_url "$OUT/$label.log")
   "$LOADGEN" --url "$url" -c 4 -n 4 --max-tokens 16 $lg --json >/dev/null
   "$LOADGEN" --url "$url" -c 4 -n 24 --max-tokens 64 $lg --json | sed "s/^{/{\"label\":\"$label\",/" >> "$OUT/results.jsonl"
   kill "$pid"; wait "$pid" 2>/dev/null || true

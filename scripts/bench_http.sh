@@ -5,6 +5,7 @@
 # Usage: scripts/bench_http.sh [--no-baseline]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/serve_url.sh
 bash scripts/setup.sh >/dev/null
 cargo build --release -q -p safeloop-serve
 SERVE=target/release/safeloop-serve
@@ -16,13 +17,8 @@ run_level() { # kernels label
   local kernels=$1
   "$SERVE" --port 0 --kernels "$kernels" --max-running 64 2>"$OUT/serve-$kernels.log" &
   local pid=$!
-  local url=""
-  for _ in $(seq 1 600); do
-    url=$(sed -n 's/^safeloop-serve: listening on //p' "$OUT/serve-$kernels.log" | head -n1)
-    if [ -n "$url" ] && curl -sf "$url/health" >/dev/null 2>&1; then break; fi
-    sleep 0.1
-  done
-  [ -n "$url" ] || { cat "$OUT/serve-$kernels.log"; exit 1; }
+  local url
+  url=$(serve_url "$OUT/serve-$kernels.log")
   # Warm-up, then 1 / 4 / 16 clients.
   "$LOADGEN" --url "$url" -c 1 -n 2 --max-tokens 16 --json >/dev/null
   for c in 1 4 16; do

@@ -7,6 +7,7 @@
 # Usage: scripts/bench_swap.sh [STEADY_SECONDS]   (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/serve_url.sh
 bash scripts/setup.sh >/dev/null
 cargo build --release -q --workspace --bins
 bash scripts/build_models.sh >/dev/null
@@ -24,12 +25,7 @@ $T registry promote "$REG/smollm2" "$GGUF" >/dev/null
 target/release/safeloop-serve --port 0 --model "registry:$REG/smollm2@champion" --served-model-name smollm2 \
   --registry-poll-secs 1 --admin-key bench-admin 2>"$OUT/server.log" &
 PID=$!
-URL=""
-for _ in $(seq 1 600); do
-  URL=$(sed -n 's/^safeloop-serve: listening on //p' "$OUT/server.log" | head -n1)
-  if [ -n "$URL" ] && curl -sf "$URL/health" >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
+URL=$(serve_url "$OUT/server.log")
 
 python3 - "$URL" "$PID" "$REG" "$GGUF" "$HF" "$STEADY" "$T" <<'PY'
 import json, subprocess, sys, threading, time, urllib.request

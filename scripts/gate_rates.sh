@@ -8,6 +8,7 @@
 # GATE_RATES_OUT (default runs/gate-rates.json). GATE_RATES_PER_SET=N asks only the first N prompts of each set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/serve_url.sh
 DATA="${SAFELOOP_DATA:-../shared/data}"
 OUT_JSON="${GATE_RATES_OUT:-runs/gate-rates.json}"
 bash scripts/setup.sh >/dev/null
@@ -16,13 +17,7 @@ bash scripts/build_models.sh >/dev/null
 LOG=$(mktemp)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$LOG"' EXIT
 target/release/safeloop-serve --config config/serve.toml --port 0 --log-dir "$(mktemp -d)" "$@" 2>"$LOG" &
-URL=""
-for _ in $(seq 1 1200); do
-  URL=$(sed -n 's/^safeloop-serve: listening on //p' "$LOG" | head -n1)
-  if [ -n "$URL" ] && curl -sf "$URL/health" >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
-[ -n "$URL" ] || { cat "$LOG" >&2; echo "gate_rates: the server did not start" >&2; exit 1; }
+URL=$(serve_url "$LOG" 1200)
 mkdir -p "$(dirname "$OUT_JSON")"
 python3 - "$URL" "$DATA/redteam_eval_prompts.jsonl" "$OUT_JSON" "${GATE_RATES_PER_SET:-0}" <<'PY'
 import collections, concurrent.futures, json, sys, urllib.request

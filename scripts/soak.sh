@@ -16,6 +16,7 @@
 # (0.4,0.4,0.2: the shares of streamed, non-streamed and cancelled requests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/serve_url.sh
 MINUTES="${SOAK_MINUTES:-30}"
 CLIENTS="${SOAK_CLIENTS:-32}"
 SWAP="${SOAK_SWAP_SECS:-180}"
@@ -50,12 +51,7 @@ SPEC="registry:$REG/soak@champion"
   --max-running 32 $SOAK_SERVER_ARGS 2>"$OUT/server.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
-URL=""
-for _ in $(seq 1 600); do
-  URL=$(sed -n 's/^safeloop-serve: listening on //p' "$OUT/server.log" | head -n1)
-  if [ -n "$URL" ] && curl -sf "$URL/health" >/dev/null 2>&1; then break; fi
-  sleep 0.1
-done
+URL=$(serve_url "$OUT/server.log")
 echo "soak: $MINUTES min, $CLIENTS clients, swap every ${SWAP}s, rotation every ${ROTATE}s, server $URL (pid $PID)"
 
 python3 - "$URL" "$PID" "$REG/soak" "$V1" "$V2" "$MINUTES" "$CLIENTS" "$SWAP" "$TRAIN" "$OUT" "$SAMPLE" "$MIX" <<'PY'

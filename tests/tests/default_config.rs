@@ -212,14 +212,20 @@ fn default_config_serves_smollm2_gated_by_the_cost_model_at_its_calibrated_thres
     assert!(refused[0].cost.unwrap() as f64 > threshold, "{refused:?}");
 }
 
-#[test]
-fn default_config_with_resample_never_returns_a_flagged_answer() {
+/// The default server with another gate action; and the threshold it gates at.
+fn default_server_with_action(action: &str) -> (Server, f64) {
     let root = root();
     let threshold = calibrated_threshold(&root);
     let server = Server::start_in(
         &root,
-        &["--config", "config/serve.toml", "--gate-action", "resample"],
+        &["--config", "config/serve.toml", "--gate-action", action],
     );
+    (server, threshold)
+}
+
+#[test]
+fn default_config_with_resample_never_returns_a_flagged_answer() {
+    let (server, threshold) = default_server_with_action("resample");
     let id = format!("default-resample-{}", std::process::id());
     let h = ask(&server, &id, HARMFUL);
     let c = &h["choices"][0];
@@ -243,12 +249,7 @@ fn default_config_with_resample_never_returns_a_flagged_answer() {
 
 #[test]
 fn default_config_with_annotate_returns_a_harmful_answer_marked() {
-    let root = root();
-    let threshold = calibrated_threshold(&root);
-    let server = Server::start_in(
-        &root,
-        &["--config", "config/serve.toml", "--gate-action", "annotate"],
-    );
+    let (server, threshold) = default_server_with_action("annotate");
     let id = format!("default-annotate-{}", std::process::id());
     let h = ask(&server, &format!("{id}-h"), HARMFUL);
     let hs = &h["choices"][0]["safety"];

@@ -7,6 +7,20 @@ use safeloop_tests::{
 use serde_json::Value;
 use std::path::Path;
 
+/// `merge`: the golden base + `adapter` into `out`.
+fn merge(adapter: &Path, out: &Path) {
+    let (ok, _, err) = run(&[
+        "merge",
+        "--base",
+        s(&golden_dir("llama-gqa")),
+        "--adapter",
+        s(adapter),
+        "--out",
+        s(out),
+    ]);
+    assert!(ok, "merge failed: {err}");
+}
+
 fn eval_line(model: &Path, file: &Path, max_len: &str) -> Value {
     // Evaluate on the same truncation the model was trained with.
     let (ok, out, err) = run(&[
@@ -114,16 +128,7 @@ fn tiny_reward_model_overfits_hh_pairs_and_lora_adapter_round_trips() {
     );
     // merge(base, adapter) gives the same model as the merged output.
     let merged = dir.join("merged");
-    let (ok, _, err) = run(&[
-        "merge",
-        "--base",
-        s(&golden_dir("llama-gqa")),
-        "--adapter",
-        s(&adapter),
-        "--out",
-        s(&merged),
-    ]);
-    assert!(ok, "merge failed: {err}");
+    merge(&adapter, &merged);
     let e2 = eval_line(&merged, &pairs, "128");
     assert_eq!(e2["ranking_accuracy"], 1.0);
     let (a, b) = (
@@ -447,16 +452,7 @@ fn calibrate_writes_the_threshold_that_merge_and_eval_score_carry() {
     }
     // merge rebuilds the model from the adapter with its pooling and calibration.
     let merged = dir.join("merged");
-    let (ok, _, err) = run(&[
-        "merge",
-        "--base",
-        s(&golden_dir("llama-gqa")),
-        "--adapter",
-        s(&adapter),
-        "--out",
-        s(&merged),
-    ]);
-    assert!(ok, "merge failed: {err}");
+    merge(&adapter, &merged);
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
             .unwrap();
@@ -515,19 +511,13 @@ fn a_shortened_backbone_trains_saves_merges_and_serves_with_its_layer_count() {
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["num_hidden_layers"], 1, "{cfg}");
-    let names = safeloop_shared::weights::safetensors_files(&model)
-        .unwrap()
-        .into_iter()
-        .flat_map(|f| {
-            let bytes = std::fs::read(f).unwrap();
-            safetensors::SafeTensors::deserialize(&bytes)
-                .unwrap()
-                .names()
-                .into_iter()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect::<Vec<_>>();
+    let names = safeloop_shared::weights::SafetensorsWeights::open(
+        &model,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .names();
     assert!(names.iter().any(|n| n.starts_with("model.layers.0.")));
     assert!(
         !names.iter().any(|n| n.starts_with("model.layers.1.")),
@@ -542,16 +532,7 @@ fn a_shortened_backbone_trains_saves_merges_and_serves_with_its_layer_count() {
     );
     // merge rebuilds the one-layer model from the two-layer base and the adapter.
     let merged = dir.join("merged");
-    let (ok, _, err) = run(&[
-        "merge",
-        "--base",
-        s(&golden_dir("llama-gqa")),
-        "--adapter",
-        s(&adapter),
-        "--out",
-        s(&merged),
-    ]);
-    assert!(ok, "merge failed: {err}");
+    merge(&adapter, &merged);
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
             .unwrap();

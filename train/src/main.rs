@@ -88,7 +88,7 @@ enum Command {
     },
 }
 
-fn describe(cfg: &ModelConfig, path: &std::path::Path, eos: &[u32]) -> serde_json::Value {
+fn describe(cfg: &ModelConfig, path: &std::path::Path, eos: &[u32]) -> Result<serde_json::Value> {
     let (kind, score_dim, score_type, pooling) = match &cfg.head {
         Head::CausalLm => ("causal_lm", None, None, None),
         Head::Score {
@@ -105,13 +105,11 @@ fn describe(cfg: &ModelConfig, path: &std::path::Path, eos: &[u32]) -> serde_jso
     };
     // A score model's gate threshold (`safeloop-train calibrate`), if it has one.
     let calibration = if path.is_dir() && score_dim.is_some() {
-        safeloop_shared::calibration::Calibration::read(path)
-            .ok()
-            .flatten()
+        safeloop_shared::calibration::Calibration::read(path).map_err(anyhow::Error::msg)?
     } else {
         None
     };
-    serde_json::json!({
+    Ok(serde_json::json!({
         "path": path.display().to_string(),
         "family": cfg.family.name(),
         "kind": kind,
@@ -128,7 +126,7 @@ fn describe(cfg: &ModelConfig, path: &std::path::Path, eos: &[u32]) -> serde_jso
         "context": cfg.max_position_embeddings,
         "tied_embeddings": cfg.tie_word_embeddings,
         "eos_token_ids": eos,
-    })
+    }))
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -147,13 +145,13 @@ fn run(cli: Cli) -> Result<i32> {
                 let m = load_causal_lm(&model, &opts)?;
                 (m.config, m.tokenizer.eos_token_ids().to_vec())
             };
-            println!("{}", describe(&cfg, &model, &eos));
+            println!("{}", describe(&cfg, &model, &eos)?);
         }
         Command::Convert { gguf, out, dtype } => {
             let kind = safeloop_train::device::parse_kind(&dtype)?;
             let t = std::time::Instant::now();
             let cfg = safeloop_train::convert::gguf_to_hf(&gguf, &out, kind)?;
-            println!("{}", describe(&cfg, &out, &cfg.eos_token_ids));
+            println!("{}", describe(&cfg, &out, &cfg.eos_token_ids)?);
             eprintln!(
                 "converted {} → {} in {:.1}s",
                 gguf.display(),
@@ -274,7 +272,7 @@ fn run(cli: Cli) -> Result<i32> {
             if let Some(cal) = safeloop_train::score::calibrate::read_adapter(&adapter)? {
                 cal.write(&out).map_err(anyhow::Error::msg)?;
             }
-            println!("{}", describe(&model.cfg, &out, &model.cfg.eos_token_ids));
+            println!("{}", describe(&model.cfg, &out, &model.cfg.eos_token_ids)?);
         }
     }
     Ok(0)
