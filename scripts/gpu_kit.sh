@@ -11,7 +11,7 @@
 #   smollm2/            SmolLM2-135M-Instruct's config.json and tokenizer files, converted from the default GGUF; the
 #                       weights (270 MB in bf16) are too big to carry, so gpu_check.sh makes random ones there — the
 #                       speed of a forward pass does not depend on the values
-# The CUDA builds are scripts/check_cuda.sh's (target/cuda; CI runs it too): ~15 minutes on 2 cores the first time
+# The CUDA builds are scripts/check_cuda.sh's (target/cuda; also `SAFELOOP_CUDA_CHECK=1 scripts/test.sh`): ~15 minutes on 2 cores the first time
 # (nvcc on candle's kernels), seconds after.
 #
 #   bash scripts/gpu_kit.sh && <device run, carry .gpu>: bash scripts/gpu_check.sh
