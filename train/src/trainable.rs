@@ -38,4 +38,48 @@ impl TrainableArgs {
             model.freeze_lower_layers(self.freeze_layers);
         }
     }
+
+    /// The same choice for a model of another depth — PPO's critics, initialised from score models that may keep
+    /// fewer layers than the actor (`train-score --layers N`): as many top layers train (or carry adapters) as on
+    /// the `reference_layers`-layer actor, instead of the same lower layers frozen, which would freeze a shorter
+    /// critic whole.
+    pub fn for_depth(&self, reference_layers: usize, layers: usize) -> Self {
+        let lower = |n: usize| match n {
+            0 => 0,
+            n => layers.saturating_sub(reference_layers.saturating_sub(n)),
+        };
+        Self {
+            freeze_layers: lower(self.freeze_layers),
+            lora_from_layer: lower(self.lora_from_layer),
+            ..self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainableArgs;
+
+    fn args(freeze_layers: usize, lora_from_layer: usize) -> TrainableArgs {
+        TrainableArgs {
+            freeze_layers,
+            lora_rank: 0,
+            lora_alpha: 16.0,
+            lora_from_layer,
+        }
+    }
+
+    #[test]
+    fn a_shorter_critic_trains_as_many_top_layers_as_the_actor() {
+        // The round's `--freeze-layers 24` on the 30-layer actor trains its top 6; a 15-layer critic trains its top 6.
+        let a = args(24, 26).for_depth(30, 15);
+        assert_eq!((a.freeze_layers, a.lora_from_layer), (9, 11));
+        // Same depth: unchanged; nothing frozen stays nothing frozen.
+        let b = args(24, 0).for_depth(30, 30);
+        assert_eq!((b.freeze_layers, b.lora_from_layer), (24, 0));
+        // Freezing past the actor's depth freezes the critic whole, as it does the actor.
+        assert_eq!(args(40, 0).for_depth(30, 15).freeze_layers, 15);
+        // More trained layers than the critic has: all of them train.
+        assert_eq!(args(2, 0).for_depth(30, 15).freeze_layers, 0);
+    }
 }

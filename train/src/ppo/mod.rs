@@ -95,10 +95,13 @@ fn load_models(args: &PpoArgs, objective: Objective, device: tch::Device) -> Res
             None
         },
     };
+    let actor_layers = models.actor.num_layers();
     s.trainable.apply(&mut models.actor, false);
-    s.trainable.apply(&mut models.reward_critic, false);
-    if let Some(c) = &mut models.cost_critic {
-        s.trainable.apply(c, false);
+    for critic in std::iter::once(&mut models.reward_critic).chain(models.cost_critic.as_mut()) {
+        let layers = critic.num_layers();
+        s.trainable
+            .for_depth(actor_layers, layers)
+            .apply(critic, false);
     }
     Ok(models)
 }
