@@ -16,6 +16,9 @@ OUT="${SWEEP_OUT:-runs/sweep-cost}"
 CACHE="${SAFELOOP_ACTIVATIONS:-runs/activations}"
 BASE=assets/smollm2/hf-f32
 mkdir -p "$OUT"
+# The safety-tuned-llamas refusals as 2,483 more safe responses (to harmful prompts), for the *-refusals rows.
+REFUSALS="$OUT/refusal_safe.jsonl"
+[ -f "$REFUSALS" ] || python3 scripts/lib/refusals_as_labelled.py "$D/refusal_instructions.jsonl" "$REFUSALS"
 [ -x "$T" ] || cargo build --release -p safeloop-train --quiet
 [ -f "$BASE/config.json" ] || bash scripts/build_models.sh
 
@@ -34,6 +37,10 @@ CONFIGS=(
   "head-mean-L15-e30|--layers 15 --head-only --pooling mean --lr 3e-3 --epochs 30 --max-length 256"
   # LP-FT of the 15-layer model's top two layers (13–14) from its probe: the default cost model.
   "lpft-L15-top2-lr1e-4|--model $OUT/head-mean-L15-e30/model --freeze-layers 13 --lr 1e-4 --epochs 3 --max-length 256"
+  # More data: the refusals as safe responses (a second --data adds to the three train files).
+  "head-mean-L15-e30-refusals|--layers 15 --head-only --pooling mean --lr 3e-3 --epochs 30 --max-length 256 --data $REFUSALS"
+  # More capacity: LoRA (rank 16) on every linear layer of layers 8–14 from that probe.
+  "lora16-L15-from8-refusals|--model $OUT/head-mean-L15-e30-refusals/model --lora-rank 16 --lora-from-layer 8 --lr 3e-4 --epochs 2 --max-length 256 --data $REFUSALS"
 )
 
 want=("$@")
