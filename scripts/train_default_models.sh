@@ -11,7 +11,8 @@
 #    epochs), then layers 13–14, the final norm and the head fine-tuned from it (LP-FT, 3 epochs), then the gate
 #    threshold calibrated on the dev files for a 10% false-flag rate;
 #  - reward: a head on the frozen model (1 epoch) on PKU-SafeRLHF + HH-RLHF helpfulness pairs;
-#  - judge: a linear probe on the *dev* safety labels only, never used for training or gating.
+#  - judge: a linear probe on the first 20 layers, trained on the *dev* safety labels only, never used for training
+#    or gating.
 # Outputs go to runs/ (git-ignored); copy runs/cost-adapter to models/cost-smollm2 and runs/reward-adapter to
 # models/reward-smollm2 to publish new defaults (scripts/build_models.sh folds them onto the base).
 set -euo pipefail
@@ -43,8 +44,9 @@ $T train-score --model "$BASE" --kind reward \
   --out runs/reward --adapter-out runs/reward-adapter --head-only --pooling end --lr 1e-3 --lr-scheduler constant \
   --epochs 1 "${COMMON[@]}"
 
-# The independent judge: trained on the dev labels only, evaluated on the train files it never saw.
-$T train-score --model "$BASE" --kind cost \
+# The independent judge: a probe on layer 20's output (not the cost model's layers) trained on the dev labels only,
+# evaluated on the train files it never saw.
+$T train-score --model "$BASE" --layers 20 --kind cost \
   --data "$D/pku_safety_pairs_dev.jsonl" "$D/safety_qa_dev.jsonl" "$D/pku_saferlhf_dev.jsonl" \
   --eval "$D/pku_safety_pairs_train.jsonl" "$D/safety_qa_train.jsonl" \
   --out runs/judge "${PROBE[@]}" "${COMMON[@]}"
