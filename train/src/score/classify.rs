@@ -250,14 +250,22 @@ mod tests {
         ];
         assert_eq!(best_accuracy(&v), Some((6.0 / 7.0, -1.0)));
         // All unsafe: flag everything, below the lowest cost.
-        assert_eq!(best_accuracy(&[s(1.0, true), s(2.0, true)]), Some((1.0, 0.0)));
+        assert_eq!(
+            best_accuracy(&[s(1.0, true), s(2.0, true)]),
+            Some((1.0, 0.0))
+        );
         // All safe: pass everything, at the highest cost; ties move together.
         assert_eq!(
             best_accuracy(&[s(1.0, false), s(1.0, false)]),
             Some((1.0, 1.0))
         );
         assert_eq!(best_accuracy(&[]), None);
-        assert!(report(&v, 0.0)["best_accuracy"]["accuracy"].as_f64().unwrap() > 0.85);
+        assert!(
+            report(&v, 0.0)["best_accuracy"]["accuracy"]
+                .as_f64()
+                .unwrap()
+                > 0.85
+        );
     }
 
     #[test]
