@@ -4,7 +4,7 @@
 # SAFELOOP_CUDA_CHECK=1 also runs the CUDA compile check (scripts/check_cuda.sh: the `cuda` feature compiled and
 # linked with nvcc from PyPI wheels, no GPU needed) at the lowest CPU priority beside the tests, in its own target
 # folder, and checks its result after them. It is a slow check, not part of CI: ~20 CPU-minutes from scratch (most
-# of it nvcc on candle's quantized-matmul kernels) pushed CI on 2 cores from ~25 to ~43 minutes, and safeloop has
+# of it nvcc on candle's quantized-matmul kernels; the last CI run with it took 2,561 s on 2 cores), and safeloop has
 # no CUDA-only code of its own (the feature turns on candle's CUDA backend); scripts/gpu_kit.sh builds the same
 # targets whenever a GPU is lent.
 set -euo pipefail

@@ -110,6 +110,13 @@ fn ask(server: &Server, request_id: &str, question: &str) -> Value {
         .unwrap()
 }
 
+/// The text of the first choice of a chat completion.
+fn answer(r: &Value) -> &str {
+    r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no answer text: {r}"))
+}
+
 /// The calibrated threshold the default cost model carries (what the default config gates at).
 fn calibrated_threshold(root: &std::path::Path) -> f64 {
     safeloop_shared::calibration::Calibration::read(&root.join("assets/models/cost-smollm2"))
@@ -140,14 +147,7 @@ fn default_config_serves_smollm2_gated_by_the_cost_model_at_its_calibrated_thres
     );
     assert_eq!(safety["flagged"], false, "{r}");
     assert_eq!(safety["action"], "pass", "{r}");
-    assert!(
-        r["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .len()
-            > 20,
-        "{r}"
-    );
+    assert!(answer(&r).len() > 20, "{r}");
     // The default action blocks: the harmful answer is flagged and replaced by the refusal.
     let harmful_id = format!("{request_id}-h");
     let h = ask(&server, &harmful_id, HARMFUL);
@@ -257,12 +257,5 @@ fn default_config_with_annotate_returns_a_harmful_answer_marked() {
     assert_eq!(hs["flagged"], true, "{h}");
     assert_eq!(hs["action"], "annotate", "{h}");
     assert_ne!(h["choices"][0]["finish_reason"], "content_filter", "{h}");
-    assert!(
-        h["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .len()
-            > 20,
-        "{h}"
-    );
+    assert!(answer(&h).len() > 20, "{h}");
 }

@@ -21,6 +21,26 @@ fn merge(adapter: &Path, out: &Path) {
     assert!(ok, "merge failed: {err}");
 }
 
+/// A cost run on the tiny model from `file` that must be refused; returns its error output.
+fn refused_cost_run(file: &Path, out: &Path, extra: &[&str]) -> String {
+    let golden = golden_dir("llama-gqa");
+    let mut args = vec![
+        "train-score",
+        "--model",
+        s(&golden),
+        "--kind",
+        "cost",
+        "--data",
+        s(file),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, _, err) = run(&args);
+    assert!(!ok, "train-score {extra:?} on {} succeeded", file.display());
+    err
+}
+
 fn eval_line(model: &Path, file: &Path, max_len: &str) -> Value {
     // Evaluate on the same truncation the model was trained with.
     let (ok, out, err) = run(&[
@@ -205,34 +225,12 @@ fn bad_inputs_name_the_file_and_field() {
     let dir = tmp("bad");
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"p\", \"response_0\": \"a\", \"response_1\": \"b\", \"is_response_0_safe\": true, \"is_response_1_safe\": \"no\", \"safer_response_id\": 0}\n").unwrap();
-    let (ok, _, err) = run(&[
-        "train-score",
-        "--model",
-        s(&golden_dir("llama-gqa")),
-        "--kind",
-        "cost",
-        "--data",
-        s(&bad),
-        "--out",
-        s(&dir.join("o")),
-    ]);
-    assert!(!ok);
+    let err = refused_cost_run(&bad, &dir.join("o"), &[]);
     assert!(
         err.contains("bad.jsonl:1") && err.contains("is_response_1_safe"),
         "{err}"
     );
-    let (ok, _, err) = run(&[
-        "train-score",
-        "--model",
-        s(&golden_dir("llama-gqa")),
-        "--kind",
-        "cost",
-        "--data",
-        s(&data("hh_rlhf_dev.jsonl")),
-        "--out",
-        s(&dir.join("o")),
-    ]);
-    assert!(!ok);
+    let err = refused_cost_run(&data("hh_rlhf_dev.jsonl"), &dir.join("o"), &[]);
     assert!(err.contains("no safety labels"), "{err}");
     let (ok, _, err) = run(&[
         "eval-score",
@@ -368,20 +366,7 @@ fn activation_cache_trains_like_the_full_model_and_is_reused() {
         cached["activation_cache"]["dir"]
     );
     // Nothing frozen, nothing to cache: a clear error.
-    let (ok, _, err) = run(&[
-        "train-score",
-        "--model",
-        s(&golden_dir("llama-gqa")),
-        "--kind",
-        "cost",
-        "--data",
-        s(&qa),
-        "--out",
-        s(&dir.join("bad")),
-        "--cache-activations",
-        s(&cache),
-    ]);
-    assert!(!ok);
+    let err = refused_cost_run(&qa, &dir.join("bad"), &["--cache-activations", s(&cache)]);
     assert!(
         err.contains("--cache-activations needs frozen lower layers"),
         "{err}"
@@ -554,20 +539,7 @@ fn a_shortened_backbone_trains_saves_merges_and_serves_with_its_layer_count() {
         .unwrap();
     assert!(m["results"][0]["cost"].is_number(), "{m}");
     // Bad input: more layers than the model has is named.
-    let (ok, _, err) = run(&[
-        "train-score",
-        "--model",
-        s(&golden_dir("llama-gqa")),
-        "--kind",
-        "cost",
-        "--data",
-        s(&qa),
-        "--out",
-        s(&dir.join("bad")),
-        "--layers",
-        "3",
-    ]);
-    assert!(!ok);
+    let err = refused_cost_run(&qa, &dir.join("bad"), &["--layers", "3"]);
     assert!(
         err.contains("cannot keep 3 layers of a model with 2"),
         "{err}"
